@@ -1,0 +1,169 @@
+"""The `scalegroups` command: info, profiles, run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import runpy
+import sys
+from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from scalegroups.errors import ConfigurationError, ScalegroupsError
+
+PACKAGES = ("scalegroups", "prefect", "prefect-dask", "prefect-ray", "dask", "distributed", "ray")
+
+
+def _versions() -> dict[str, str | None]:
+    found: dict[str, str | None] = {"python": sys.version.split()[0]}
+    for name in PACKAGES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def _set_selection(args: argparse.Namespace) -> None:
+    if getattr(args, "runner", None):
+        os.environ["SCALEGROUPS_RUNNER"] = args.runner
+    if getattr(args, "profile", None):
+        os.environ["SCALEGROUPS_PROFILE"] = args.profile
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """Print the runner, profile and address that a flow call would use now, and versions."""
+    from scalegroups.runners import resolve_runner
+    from scalegroups.server import configured_api_url
+
+    info = resolve_runner(args.runner, profile=args.profile).describe()
+    info["prefect_api_url"] = configured_api_url()
+    info["versions"] = _versions()
+    if args.json:
+        print(json.dumps(info, indent=2, default=str), flush=True)
+        return 0
+    api = info["prefect_api_url"] or "(none: one temporary local server per flow process)"
+    print(f"runner:    {info['runner']}  (from {info['sources']['runner']})")
+    print(f"profile:   {info['profile']}  ({info['profile_file']})")
+    print(f"address:   {info['address'] or '(starts a local cluster)'}")
+    print(f"settings:  {json.dumps(info['settings'], default=str)}")
+    print(f"prefect:   {api}")
+    print("versions:  " + ", ".join(f"{k} {v or 'not installed'}" for k, v in info["versions"].items()))
+    return 0
+
+
+def cmd_profiles(args: argparse.Namespace) -> int:
+    """List the packaged profiles (and any files given), validating each."""
+    from scalegroups.profiles import available_profiles, parse_profile
+
+    targets = [Path(p) for p in args.files] or list(available_profiles().values())
+    failures = 0
+    for path in targets:
+        try:
+            profile = parse_profile(path)
+        except ScalegroupsError as exc:
+            failures += 1
+            print(f"INVALID  {path}: {exc}")
+            continue
+        print(f"ok       {profile.name:<14} {profile.description}  ({path})")
+    return 1 if failures else 0
+
+
+def _parse_params(pairs: Sequence[str]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, raw = pair.partition("=")
+        if not sep or not name:
+            raise ConfigurationError(f"--param {pair!r} must look like name=value")
+        try:
+            params[name] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[name] = raw
+    return params
+
+
+def load_flow(target: str) -> Any:
+    """Load `FILE.py:FLOW` and return the flow object (the file's `__main__` block is not run)."""
+    from prefect import Flow
+
+    file_name, sep, flow_name = target.rpartition(":")
+    if not sep or not file_name or not flow_name:
+        raise ConfigurationError(f"{target!r} must look like path/to/file.py:flow_name")
+    path = Path(file_name)
+    if not path.is_file():
+        raise ConfigurationError(f"flow file {file_name!r} does not exist")
+    sys.path.insert(0, str(path.resolve().parent))
+    namespace = runpy.run_path(str(path), run_name="__scalegroups_run__")
+    found = namespace.get(flow_name)
+    if not isinstance(found, Flow):
+        flows = sorted(k for k, v in namespace.items() if isinstance(v, Flow))
+        raise ConfigurationError(
+            f"{file_name} has no flow named {flow_name!r}; flows in it: {', '.join(flows) or 'none'}"
+        )
+    return found
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run a flow from a file with the chosen runner and profile, showing group progress."""
+    from scalegroups.flows import CallTimeRunnerFlow
+    from scalegroups.progress import GroupProgress
+    from scalegroups.runners import build_task_runner, resolve_runner
+
+    _set_selection(args)
+    params = _parse_params(args.param)
+    flow = load_flow(args.target)
+    spec = resolve_runner()
+    if not isinstance(flow, CallTimeRunnerFlow):
+        runner = build_task_runner(spec)
+        flow = flow.with_options(task_runner=runner)
+    print(f"running {args.target} on {spec.runner} (profile {spec.profile.name})", file=sys.stderr)
+    with GroupProgress():
+        result = flow(**params)
+    print(json.dumps(result, default=repr) if args.json else repr(result))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for `scalegroups`."""
+    parser = argparse.ArgumentParser(prog="scalegroups", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    info = commands.add_parser("info", help="show the resolved runner, profile, address, versions")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    info.add_argument("--runner", help="thread, process, dask or ray")
+    info.add_argument("--profile", help="profile name or YAML path")
+    info.set_defaults(handler=cmd_info)
+
+    profiles = commands.add_parser("profiles", help="list and validate cluster profiles")
+    profiles.add_argument("files", nargs="*", help="profile files to validate (default: packaged)")
+    profiles.set_defaults(handler=cmd_profiles)
+
+    run = commands.add_parser("run", help="run FILE.py:FLOW on a chosen runner")
+    run.add_argument("target", help="path/to/file.py:flow_name")
+    run.add_argument("--runner", help="thread, process, dask or ray")
+    run.add_argument("--profile", help="profile name or YAML path")
+    run.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                     help="flow parameter (JSON value, else a string); repeatable")
+    run.add_argument("--json", action="store_true", help="print the flow's result as JSON")
+    run.set_defaults(handler=cmd_run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `scalegroups` command; scalegroups' own errors print one line."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except ScalegroupsError as exc:
+        print(f"scalegroups: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("scalegroups: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

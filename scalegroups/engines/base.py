@@ -1,0 +1,57 @@
+"""What every scalegroups runner adds to its Prefect runner: a shared API and a fast preflight."""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from typing import Any, ClassVar
+
+from prefect.context import TaskRunContext
+
+from scalegroups.errors import OrchestrationError
+from scalegroups.server import shared_api
+
+
+def refuse_inside_task(what: str) -> None:
+    """Raise `OrchestrationError` when called from inside a running task."""
+    task_run = TaskRunContext.get()
+    if task_run is not None:
+        raise OrchestrationError(
+            f"{what} from inside task {task_run.task.name!r}: tasks must not submit tasks or "
+            "call groups. Move the orchestration into the flow: have the task return its "
+            "value and submit the next task (or call the group) from the flow body."
+        )
+
+
+class EngineRunnerMixin:
+    """Mixed into a Prefect task runner; keep it first in the bases so its hooks run first."""
+
+    #: True where tasks run in other processes that need to reach the flow's API server
+    uses_worker_processes: ClassVar[bool] = True
+    #: where the address came from, for error messages (set by the factory)
+    address_source: str = "arguments"
+
+    def preflight(self) -> None:
+        """Check, fast, that the runner can start (e.g. that a cluster address answers)."""
+
+    def __enter__(self) -> Any:
+        self.preflight()
+        self._scalegroups_stack = ExitStack()
+        if self.uses_worker_processes:
+            self._scalegroups_stack.enter_context(shared_api())
+        try:
+            return super().__enter__()  # type: ignore[misc]
+        except BaseException:
+            self._scalegroups_stack.close()
+            raise
+
+    def __exit__(self, *exc_info: Any) -> None:
+        try:
+            super().__exit__(*exc_info)  # type: ignore[misc]
+        finally:
+            stack = getattr(self, "_scalegroups_stack", None)
+            if stack is not None:
+                stack.close()
+
+    def submit(self, task: Any, *args: Any, **kwargs: Any) -> Any:
+        refuse_inside_task(f"task {task.name!r} was submitted")
+        return super().submit(task, *args, **kwargs)  # type: ignore[misc]

@@ -1,0 +1,252 @@
+"""`@group`, `GroupRun`, `Group.map` and `as_completed`: reusable task groups, engine-agnostic.
+
+A group is a plain function that submits Prefect tasks and returns their futures: one future, a
+sequence of futures, or a mapping of names to futures (`"final"` marks the group's result). Groups
+know nothing about engines; they only see Prefect futures.
+"""
+
+from __future__ import annotations
+
+import functools
+import queue
+import threading
+import time
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Generic, ParamSpec
+
+from prefect import tags
+from prefect.context import FlowRunContext
+from prefect.futures import PrefectFuture
+
+from scalegroups.engines.base import refuse_inside_task
+from scalegroups.errors import OrchestrationError
+
+P = ParamSpec("P")
+FINAL = "final"
+GroupObserver = Callable[[str, "GroupRun"], None]
+_observers: list[GroupObserver] = []
+
+
+def add_observer(observer: GroupObserver) -> None:
+    """Call `observer(event, run)` for every group run: events "submitted" and "finished"."""
+    _observers.append(observer)
+
+
+def remove_observer(observer: GroupObserver) -> None:
+    """Stop calling an observer added with `add_observer`."""
+    if observer in _observers:
+        _observers.remove(observer)
+
+
+def _notify(event: str, run: GroupRun) -> None:
+    for observer in list(_observers):
+        observer(event, run)
+
+
+def _on_done(future: PrefectFuture[Any], callback: Callable[[PrefectFuture[Any]], None]) -> None:
+    # Concurrent futures offer a callback that fires once the *Prefect state* is final.
+    register = getattr(future, "_add_prefect_done_callback", None) or future.add_done_callback
+    register(callback)
+
+
+def _is_failure(future: PrefectFuture[Any]) -> bool:
+    future.wait()
+    state = future.state
+    return bool(state.is_failed() or state.is_crashed() or state.is_cancelled())
+
+
+class GroupRun:
+    """The futures one call of a group returned, with a result and a done signal for the whole."""
+
+    def __init__(self, group: str, key: Any, returned: Any = None, error: BaseException | None = None):
+        self.group = group
+        self.key = key
+        self.returned = returned
+        self._error = error
+        self._futures = [] if error is not None else _collect_futures(group, returned)
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._callbacks: list[Callable[[GroupRun], None]] = []
+        self._remaining = len(self._futures)
+        self.finished_at: float | None = None
+        _notify("submitted", self)
+        if self._remaining == 0:
+            self._mark_done()
+        for future in self._futures:
+            _on_done(future, self._future_done)
+
+    def __repr__(self) -> str:
+        status = "done" if self.done() else "running"
+        return f"GroupRun(group={self.group!r}, key={self.key!r}, {status})"
+
+    @property
+    def futures(self) -> list[PrefectFuture[Any]]:
+        """Every future the group returned, in the order returned."""
+        return list(self._futures)
+
+    def _future_done(self, _future: PrefectFuture[Any]) -> None:
+        with self._lock:
+            self._remaining -= 1
+            last = self._remaining == 0
+        if last:
+            self._mark_done()
+
+    def _mark_done(self) -> None:
+        self.finished_at = time.monotonic()
+        self._done.set()
+        with self._lock:
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback(self)
+        _notify("finished", self)
+
+    def add_done_callback(self, callback: Callable[[GroupRun], None]) -> None:
+        """Call `callback(run)` once every future of the run is done (now, if it already is)."""
+        with self._lock:
+            if not self._done.is_set():
+                self._callbacks.append(callback)
+                return
+        callback(self)
+
+    def done(self) -> bool:
+        """True once every future of the run has finished (successfully or not)."""
+        return self._done.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the run is done or `timeout` seconds pass; return `done()`."""
+        return self._done.wait(timeout)
+
+    def failed(self) -> bool:
+        """True if the run is done and a task failed, crashed or was cancelled."""
+        if not self.done():
+            return False
+        return self._error is not None or any(_is_failure(f) for f in self._futures)
+
+    def exception(self) -> BaseException | None:
+        """The exception `result()` would raise, or None (waits for the run)."""
+        try:
+            self.result()
+        except Exception as exc:
+            return exc
+        return None
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The `"final"` (or only) future's result, else a dict/list of all results.
+
+        Waits for the whole run; a failed task's original exception is raised.
+        """
+        if not self.wait(timeout):
+            raise TimeoutError(f"group {self.group!r} (key {self.key!r}) not done after {timeout} s")
+        if self._error is not None:
+            raise self._error
+        for future in self._futures:
+            if _is_failure(future):
+                future.result()  # raises the task's original exception
+        returned = self.returned
+        if isinstance(returned, PrefectFuture):
+            return returned.result()
+        if isinstance(returned, Mapping):
+            if FINAL in returned:
+                return returned[FINAL].result()
+            return {name: future.result() for name, future in returned.items()}
+        return [future.result() for future in returned]
+
+
+def _collect_futures(group: str, returned: Any) -> list[PrefectFuture[Any]]:
+    if isinstance(returned, PrefectFuture):
+        return [returned]
+    if isinstance(returned, Mapping):
+        values = list(returned.values())
+    elif isinstance(returned, Sequence) and not isinstance(returned, str | bytes):
+        values = list(returned)
+    else:
+        values = [returned]
+    bad = [v for v in values if not isinstance(v, PrefectFuture)]
+    if bad or not values:
+        got = type(bad[0]).__name__ if bad else "nothing"
+        raise OrchestrationError(
+            f"group {group!r} must return a Prefect future, a list of futures or a mapping of "
+            f"names to futures (from task.submit()); it returned {got}. Submit the tasks with "
+            ".submit() and return their futures."
+        )
+    return values
+
+
+class Group(Generic[P]):
+    """A reusable task group; call it inside a flow to get a `GroupRun`."""
+
+    def __init__(self, fn: Callable[P, Any], name: str | None = None, tags: Iterable[str] = ()):
+        functools.update_wrapper(self, fn)
+        self.fn = fn
+        self.name = name or fn.__name__
+        self.tags = (f"group:{self.name}", *tags)
+
+    def __repr__(self) -> str:
+        return f"Group({self.name!r})"
+
+    def _check_context(self) -> None:
+        refuse_inside_task(f"group {self.name!r} was called")
+        if FlowRunContext.get() is None:
+            raise OrchestrationError(
+                f"group {self.name!r} was called outside a flow: groups submit tasks, so call "
+                "them from the body of a @flow (or @scalegroups.flow)."
+            )
+
+    def _run(self, key: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> GroupRun:
+        with tags(*self.tags):
+            returned = self.fn(*args, **kwargs)
+        return GroupRun(self.name, key, returned)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> GroupRun:
+        """Run the group function once; its first argument (if any) becomes `run.key`."""
+        self._check_context()
+        return self._run(args[0] if args else None, args, kwargs)
+
+    def map(
+        self,
+        items: Iterable[Any],
+        *,
+        key: Callable[[Any], Hashable] | None = None,
+        **kwargs: Any,
+    ) -> list[GroupRun]:
+        """Call the group once per item (item as first argument); every run is submitted at once.
+
+        Extra keyword arguments are passed unchanged to every call. A call that raises before
+        submitting anything still yields a run, done and failed with that exception.
+        """
+        self._check_context()
+        runs = []
+        for item in items:
+            run_key = key(item) if key else item
+            try:
+                runs.append(self._run(run_key, (item,), kwargs))
+            except OrchestrationError:
+                raise
+            except Exception as exc:
+                runs.append(GroupRun(self.name, run_key, error=exc))
+        return runs
+
+
+def group(
+    fn: Callable[P, Any] | None = None, *, name: str | None = None, tags: Iterable[str] = ()
+) -> Any:
+    """Decorator: turn a function that submits tasks and returns their futures into a `Group`."""
+    if fn is None:
+        return lambda f: Group(f, name=name, tags=tags)
+    return Group(fn, name=name, tags=tags)
+
+
+def as_completed(runs: Iterable[GroupRun], timeout: float | None = None) -> Iterator[GroupRun]:
+    """Yield each run as soon as all its futures are done; failed runs are yielded too."""
+    pending = list(runs)
+    finished: queue.SimpleQueue[GroupRun] = queue.SimpleQueue()
+    for run in pending:
+        run.add_done_callback(finished.put)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    for _ in range(len(pending)):
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            yield finished.get(timeout=remaining)
+        except queue.Empty:
+            left = sum(not run.done() for run in pending)
+            raise TimeoutError(f"{left} of {len(pending)} group runs unfinished after {timeout} s") from None
