@@ -118,6 +118,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = resolve_runner()
     if not isinstance(flow, CallTimeRunnerFlow):
         runner = build_task_runner(spec)
+        runner.preflight()  # fail before Prefect starts anything
         flow = flow.with_options(task_runner=runner)
     print(f"running {args.target} on {spec.runner} (profile {spec.profile.name})", file=sys.stderr)
     with GroupProgress():

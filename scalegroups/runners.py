@@ -110,12 +110,14 @@ def resolve_runner(
         sources["options"] = "argument"
 
     address, address_source = _pick(address, env.address, "SCALEGROUPS_ADDRESS", None)
-    if address is not None:
-        if name in {"thread", "process"}:
+    if address is not None and name in {"thread", "process"}:
+        # $SCALEGROUPS_ADDRESS is for the cluster engines; a local pool simply ignores it.
+        if address_source == "argument":
             raise ConfigurationError(
                 f"an address ({address!r}, from {address_source}) only applies to the dask and "
-                f"ray runners, not {name!r}; unset it or choose SCALEGROUPS_RUNNER=dask or ray"
+                f"ray runners, not {name!r}; drop it or choose runner='dask' or 'ray'"
             )
+    elif address is not None:
         section = section.model_copy(update={"address": str(address)})
         sources["address"] = address_source
     elif getattr(section, "address", None) not in (None, "local"):
@@ -169,6 +171,7 @@ def build_task_runner(spec: RunnerSpec) -> TaskRunner:
                 client_kwargs=section.client_kwargs,
             )
     else:
+        require("ray", "the ray runner")  # prefect-ray imports ray lazily: check it here
         require("prefect_ray", "the ray runner")
         from scalegroups.engines.ray import RayRunner
 

@@ -1,0 +1,91 @@
+"""Tasks, groups and process-table helpers shared by the tests (importable by worker processes)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import psutil
+from prefect import task
+
+import scalegroups
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@task
+def where(item: int) -> dict:
+    return {"item": item, "pid": os.getpid()}
+
+
+@task
+def double(value: int) -> int:
+    return value * 2
+
+
+@task
+def explode(item: int) -> int:
+    raise ValueError(f"bad item {item}")
+
+
+@task
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@scalegroups.group
+def doubled_plus(item: int):
+    """Two tasks wired by data and `wait_for`; fails for item 3."""
+    first = double.submit(item) if item != 3 else explode.submit(item)
+    second = double.submit(item + 1, wait_for=[first])
+    return {"first": first, "final": add.submit(first, second)}
+
+
+@task
+def calls_group(item: int) -> int:
+    return doubled_plus(item).result()
+
+
+@task
+def submits_task(item: int) -> int:
+    return double.submit(item).result()
+
+
+def closed_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def processes_with_marker(marker: str) -> list[psutil.Process]:
+    """Every live process whose environment carries SCALEGROUPS_TEST_MARKER=marker."""
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if proc.environ().get("SCALEGROUPS_TEST_MARKER") == marker:
+                found.append(proc)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+def run_python(args: list[str], env: dict[str, str] | None = None, timeout: float = 300):
+    """Run `python ARGS` (or the CLI) in a fresh process tagged with a marker; return (proc, marker).
+
+    The child gets no PREFECT_API_URL, like a new user's first run.
+    """
+    marker = uuid.uuid4().hex
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith(("SCALEGROUPS_", "PREFECT_API"))}
+    child_env.update(env or {})
+    child_env["SCALEGROUPS_TEST_MARKER"] = marker
+    child_env["PYTHONPATH"] = str(REPO)
+    completed = subprocess.run(
+        [sys.executable, *args], env=child_env, cwd=REPO, capture_output=True, text=True,
+        timeout=timeout,
+    )
+    return completed, marker

@@ -1,0 +1,57 @@
+"""Unreachable cluster addresses fail within seconds, with the address named, and leak nothing."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from helpers import closed_port, double, processes_with_marker, run_python
+from prefect import flow
+
+import scalegroups
+from scalegroups import UnreachableClusterError, make_task_runner
+
+
+@scalegroups.flow
+def tiny() -> int:
+    return double.submit(1).result()
+
+
+@pytest.mark.parametrize("runner", ["dask", "ray"])
+@pytest.mark.parametrize("host", ["127.0.0.1", "no-such-host.invalid"])
+def test_unreachable_address_fails_fast_naming_it(runner, host, monkeypatch):
+    address = f"{host}:{closed_port()}"
+    monkeypatch.setenv("SCALEGROUPS_RUNNER", runner)
+    monkeypatch.setenv("SCALEGROUPS_ADDRESS", address)
+    started = time.monotonic()
+    with pytest.raises(UnreachableClusterError) as info:
+        tiny()
+    assert time.monotonic() - started < 60
+    assert address in str(info.value) and "$SCALEGROUPS_ADDRESS" in str(info.value)
+
+
+def test_unreachable_address_with_plain_prefect_flow(monkeypatch):
+    """The seed pattern (plain @prefect.flow) gets the same error when the runner starts."""
+    address = f"tcp://127.0.0.1:{closed_port()}"
+
+    @flow(task_runner=make_task_runner("dask", address=address))
+    def plain() -> int:
+        return double.submit(1).result()
+
+    started = time.monotonic()
+    with pytest.raises(UnreachableClusterError, match=address):
+        plain()
+    assert time.monotonic() - started < 60
+
+
+def test_cli_prints_one_line_and_leaks_nothing():
+    port = closed_port()
+    out, marker = run_python(
+        ["-m", "scalegroups.cli", "run", "examples/seed.py:main", "--runner", "ray"],
+        env={"SCALEGROUPS_ADDRESS": f"127.0.0.1:{port}"},
+        timeout=120,
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1].startswith("scalegroups: error: cannot reach the Ray")
+    assert "Traceback" not in out.stderr
+    assert processes_with_marker(marker) == []
