@@ -1,7 +1,7 @@
 """A CPU-heavy group: count primes in ranges, then sum the counts per range.
 
-    SCALEGROUPS_RUNNER=dask python examples/primes.py        # local Dask cluster
-    scalegroups run examples/primes.py:count_primes --runner ray --param chunks=16
+SCALEGROUPS_RUNNER=dask python examples/primes.py        # local Dask cluster
+scalegroups run examples/primes.py:count_primes --runner ray --param chunks=16
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Stream group results as they finish with `scalegroups.as_completed`; one item fails on purpose.
 
-    SCALEGROUPS_RUNNER=ray python examples/streaming.py
+SCALEGROUPS_RUNNER=ray python examples/streaming.py
 """
 
 from __future__ import annotations

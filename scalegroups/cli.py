@@ -146,8 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("target", help="path/to/file.py:flow_name")
     run.add_argument("--runner", help="thread, process, dask or ray")
     run.add_argument("--profile", help="profile name or YAML path")
-    run.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                     help="flow parameter (JSON value, else a string); repeatable")
+    run.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="flow parameter (JSON value, else a string); repeatable",
+    )
     run.add_argument("--json", action="store_true", help="print the flow's result as JSON")
     run.set_defaults(handler=cmd_run)
     return parser

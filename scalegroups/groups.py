@@ -227,9 +227,7 @@ class Group(Generic[P]):
         return runs
 
 
-def group(
-    fn: Callable[P, Any] | None = None, *, name: str | None = None, tags: Iterable[str] = ()
-) -> Any:
+def group(fn: Callable[P, Any] | None = None, *, name: str | None = None, tags: Iterable[str] = ()) -> Any:
     """Decorator: turn a function that submits tasks and returns their futures into a `Group`."""
     if fn is None:
         return lambda f: Group(f, name=name, tags=tags)

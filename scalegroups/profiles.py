@@ -127,8 +127,7 @@ def parse_profile(path: Path) -> Profile:
         data = {}
     if not isinstance(data, dict):
         raise ProfileError(
-            f"invalid profile {str(path)!r}: expected a mapping of engine sections, "
-            f"got {type(data).__name__}"
+            f"invalid profile {str(path)!r}: expected a mapping of engine sections, got {type(data).__name__}"
         )
     data.setdefault("name", path.stem)
     try:

@@ -86,17 +86,14 @@ def _apply_max_workers(runner: str, section: BaseModel, max_workers: int) -> Bas
     return section.model_copy(update={"init_kwargs": kwargs})
 
 
-def resolve_runner(
-    runner: str | None = None, *, profile: str | None = None, **overrides: Any
-) -> RunnerSpec:
+def resolve_runner(runner: str | None = None, *, profile: str | None = None, **overrides: Any) -> RunnerSpec:
     """Decide runner, profile section and options from arguments, environment and profile."""
     env = read_env()
     name, runner_source = _pick(runner, env.runner, "SCALEGROUPS_RUNNER", DEFAULT_RUNNER)
     name = str(name).strip().lower()
     if name not in RUNNER_NAMES:
         raise ConfigurationError(
-            f"unknown runner {name!r} (from {runner_source}); valid runners: "
-            + ", ".join(RUNNER_NAMES)
+            f"unknown runner {name!r} (from {runner_source}); valid runners: " + ", ".join(RUNNER_NAMES)
         )
     profile_name, profile_source = _pick(profile, env.profile, "SCALEGROUPS_PROFILE", DEFAULT_PROFILE)
     loaded = load_profile(str(profile_name))
@@ -134,8 +131,7 @@ def _dask_cluster_class(qualified_name: str) -> Any:
     module_name, _, attribute = qualified_name.rpartition(".")
     if not module_name:
         raise ConfigurationError(
-            f"dask.cluster_class {qualified_name!r} must be a dotted path, "
-            "e.g. distributed.LocalCluster"
+            f"dask.cluster_class {qualified_name!r} must be a dotted path, e.g. distributed.LocalCluster"
         )
     module = require(module_name, f"the Dask cluster class {qualified_name!r}")
     try:

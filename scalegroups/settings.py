@@ -39,9 +39,7 @@ def read_env() -> EnvSettings:
     except ValidationError as exc:
         item = exc.errors()[0]
         name = "SCALEGROUPS_" + str(item["loc"][0]).upper()
-        raise ConfigurationError(
-            f"{name}={os.environ.get(name, '')!r} is invalid: {item['msg']}"
-        ) from None
+        raise ConfigurationError(f"{name}={os.environ.get(name, '')!r} is invalid: {item['msg']}") from None
 
 
 def apply_prefect_defaults() -> None:

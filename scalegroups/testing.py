@@ -39,9 +39,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "scalegroups_runners(*names): run this test only on these runners"
-    )
+    config.addinivalue_line("markers", "scalegroups_runners(*names): run this test only on these runners")
 
 
 def _selected_runners(config: pytest.Config) -> list[str]:

@@ -85,7 +85,11 @@ def run_python(args: list[str], env: dict[str, str] | None = None, timeout: floa
     child_env["SCALEGROUPS_TEST_MARKER"] = marker
     child_env["PYTHONPATH"] = str(REPO)
     completed = subprocess.run(
-        [sys.executable, *args], env=child_env, cwd=REPO, capture_output=True, text=True,
+        [sys.executable, *args],
+        env=child_env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
         timeout=timeout,
     )
     return completed, marker

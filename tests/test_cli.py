@@ -36,8 +36,17 @@ def test_unknown_runner_is_one_line():
 
 def test_run_streams_groups_with_params_and_summary():
     out, marker = run_python(
-        ["-m", "scalegroups.cli", "run", "examples/streaming.py:stream", "--runner", "thread",
-         "--param", "items=5", "--json"],
+        [
+            "-m",
+            "scalegroups.cli",
+            "run",
+            "examples/streaming.py:stream",
+            "--runner",
+            "thread",
+            "--param",
+            "items=5",
+            "--json",
+        ],
     )
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])

@@ -25,8 +25,16 @@ def primes_below(limit: int) -> int:
 @pytest.mark.parametrize("runner", RUNNERS)
 def test_primes_example_on_each_runner(runner):
     out, marker = run_python(
-        ["-m", "scalegroups.cli", "run", "examples/primes.py:count_primes", "--param", "chunks=4",
-         "--param", "chunk_size=20000"],
+        [
+            "-m",
+            "scalegroups.cli",
+            "run",
+            "examples/primes.py:count_primes",
+            "--param",
+            "chunks=4",
+            "--param",
+            "chunk_size=20000",
+        ],
         env={"SCALEGROUPS_RUNNER": runner, "SCALEGROUPS_MAX_WORKERS": "2"},
     )
     assert out.returncode == 0, out.stderr[-3000:]

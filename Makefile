@@ -1,0 +1,40 @@
+# The two first commands on a fresh machine:
+#   make demo   virtualenv + everything installed + the CPU-heavy example on a local Dask cluster
+#   make test   virtualenv + everything installed + the test suite (real Prefect, Dask and Ray)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+
+.PHONY: install demo test test-quick lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e ".[all,test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	SCALEGROUPS_RUNNER=dask $(BIN)/python examples/primes.py
+
+# Tests get their own Prefect home (a database of their own) and never a user's remote API.
+test: install
+	env -u PREFECT_API_URL -u PREFECT_API_KEY PREFECT_HOME=$(CURDIR)/.prefect-test \
+		$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-quick: install
+	$(MAKE) test PYTEST_ARGS="-m 'not slow' --scalegroups-runners=thread,dask"
+
+lint: install
+	$(BIN)/ruff check scalegroups tests examples $(wildcard benchmarks)
+	$(BIN)/ruff format --check scalegroups tests examples $(wildcard benchmarks)
+
+clean:
+	rm -rf $(VENV) .prefect-test .pytest_cache build dist
