@@ -28,15 +28,20 @@ from scalegroups.errors import (  # noqa: E402
     ScalegroupsError,
     UnreachableClusterError,
 )
+from scalegroups.fanout import FanOut, FanOutError, ItemOutcome, fan_out  # noqa: E402
 from scalegroups.flows import flow  # noqa: E402
 from scalegroups.groups import Group, GroupRun, as_completed, group  # noqa: E402
 from scalegroups.profiles import Profile, available_profiles, load_profile  # noqa: E402
 from scalegroups.runners import make_task_runner, resolve_runner  # noqa: E402
+from scalegroups.sharing import share  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConfigurationError",
+    "FanOut",
+    "FanOutError",
+    "ItemOutcome",
     "Group",
     "GroupRun",
     "MissingExtraError",
@@ -47,9 +52,11 @@ __all__ = [
     "UnreachableClusterError",
     "as_completed",
     "available_profiles",
+    "fan_out",
     "flow",
     "group",
     "load_profile",
     "make_task_runner",
     "resolve_runner",
+    "share",
 ]

@@ -93,3 +93,15 @@ def run_python(args: list[str], env: dict[str, str] | None = None, timeout: floa
         timeout=timeout,
     )
     return completed, marker
+
+
+def square_or_fail(item: int, offset: int = 0) -> int:
+    """Plain function for fan_out: fails for multiples of 7 (not 0)."""
+    if item and item % 7 == 0:
+        raise ValueError(f"item {item} is a multiple of 7")
+    return item * item + offset
+
+
+@task
+def size_and_pid(data: bytes) -> tuple[int, int]:
+    return len(data), os.getpid()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from contextlib import ExitStack
 from typing import Any, ClassVar
 
 from prefect.context import TaskRunContext
 
+from scalegroups.caching import without_wasted_hashing
 from scalegroups.errors import OrchestrationError
 from scalegroups.server import shared_api
 
@@ -33,6 +35,14 @@ class EngineRunnerMixin:
     def preflight(self) -> None:
         """Check, fast, that the runner can start (e.g. that a cluster address answers)."""
 
+    def parallelism(self) -> int:
+        """How many tasks the started runner can run at once (for automatic batch sizes)."""
+        return max(1, int(getattr(self, "_max_workers", 0) or os.cpu_count() or 1))
+
+    def share(self, value: Any) -> Any:
+        """Place `value` once where the engine's workers can read it; return what to pass to tasks."""
+        return value
+
     def __enter__(self) -> Any:
         self.preflight()
         self._scalegroups_stack = ExitStack()
@@ -54,4 +64,4 @@ class EngineRunnerMixin:
 
     def submit(self, task: Any, *args: Any, **kwargs: Any) -> Any:
         refuse_inside_task(f"task {task.name!r} was submitted")
-        return super().submit(task, *args, **kwargs)  # type: ignore[misc]
+        return super().submit(without_wasted_hashing(task), *args, **kwargs)  # type: ignore[misc]

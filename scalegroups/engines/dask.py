@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from prefect_dask import DaskTaskRunner
 
@@ -29,6 +30,14 @@ class DaskRunner(EngineRunnerMixin, DaskTaskRunner):
                 "both sides can reach.",
                 self.address,
             )
+
+    def parallelism(self) -> int:
+        """Threads across the cluster's current workers."""
+        return max(1, sum(self.client.nthreads().values()))
+
+    def share(self, value: Any) -> Any:
+        """Scatter `value` to the cluster once; tasks receive the data, not a copy per submit."""
+        return self.client.scatter(value, hash=False)
 
     def duplicate(self) -> DaskRunner:
         runner = super().duplicate()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect_ray import RayTaskRunner
 
 from scalegroups.engines.base import EngineRunnerMixin
@@ -20,6 +22,18 @@ class RayRunner(EngineRunnerMixin, RayTaskRunner):
             return
         port = RAY_CLIENT_PORT if self.address.startswith("ray://") else RAY_GCS_PORT
         check_reachable(self.address, "Ray cluster", port, self.address_source)
+
+    def parallelism(self) -> int:
+        """CPUs of the Ray cluster."""
+        import ray
+
+        return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+    def share(self, value: Any) -> Any:
+        """Put `value` in Ray's object store once; prefect-ray resolves the ref in each task."""
+        import ray
+
+        return ray.put(value)
 
     def duplicate(self) -> RayRunner:
         runner = super().duplicate()

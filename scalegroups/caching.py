@@ -1,0 +1,46 @@
+"""Cache defaults for tasks submitted through a scalegroups runner.
+
+Prefect's default cache policy (inputs + task source + flow run id) hashes every argument of every
+task run: 0.3-0.7 s per 50 MB argument on a small machine. With result persistence off (Prefect's
+default) no cached result is ever stored, so that hash buys nothing. For such tasks, and only
+when the user chose neither a cache policy nor a cache key function, scalegroups submits the task
+with `NO_CACHE` instead. Tasks with persisted results, or any explicit cache setting, are left as
+they are.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import Any
+
+from prefect.cache_policies import DEFAULT, NO_CACHE
+from prefect.settings import get_current_settings
+from prefect.utilities.annotations import NotSet
+
+_replacements: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+_lock = threading.Lock()
+
+
+def hashes_for_nothing(task: Any) -> bool:
+    """True if the task would hash its inputs for a cache that can never be hit."""
+    if getattr(task, "_user_cache_policy", NotSet) is not NotSet or task.cache_key_fn is not None:
+        return False
+    if task.cache_policy is not DEFAULT:
+        return False
+    persist = task.persist_result
+    if persist is None:
+        persist = get_current_settings().results.persist_by_default
+    return not persist
+
+
+def without_wasted_hashing(task: Any) -> Any:
+    """The task itself, or (once per task object) a copy with `NO_CACHE` if hashing is wasted."""
+    try:
+        return _replacements[task]
+    except KeyError:
+        pass
+    with _lock:
+        replacement = task.with_options(cache_policy=NO_CACHE) if hashes_for_nothing(task) else task
+        _replacements[task] = replacement
+    return replacement
