@@ -38,3 +38,6 @@ lint: install
 
 clean:
 	rm -rf $(VENV) .prefect-test .pytest_cache build dist
+
+bench: install
+	$(BIN)/python -m benchmarks.run

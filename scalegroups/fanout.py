@@ -99,12 +99,8 @@ class FanOut:
             rows = batch.result()
         except Exception as exc:
             tb = "".join(traceback.format_exception(exc))
-            return [
-                ItemOutcome(i, self.keys[i], CRASHED, error=exc, traceback=tb) for i in range(start, stop)
-            ]
-        return [
-            ItemOutcome(i, self.keys[i], status, value, error, tb) for i, status, value, error, tb in rows
-        ]
+            return [ItemOutcome(i, self.keys[i], CRASHED, error=exc, traceback=tb) for i in range(start, stop)]
+        return [ItemOutcome(i, self.keys[i], status, value, error, tb) for i, status, value, error, tb in rows]
 
     def as_completed(self, timeout: float | None = None) -> Iterator[ItemOutcome]:
         """Yield every item's outcome, a batch at a time, as batches finish."""

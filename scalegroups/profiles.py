@@ -95,8 +95,7 @@ def find_profile(name_or_path: str) -> Path:
     if name_or_path not in profiles:
         names = ", ".join(sorted(profiles)) or "(none found)"
         raise ProfileError(
-            f"unknown profile {name_or_path!r}; available profiles: {names} "
-            "(or give the path of your own YAML file)"
+            f"unknown profile {name_or_path!r}; available profiles: {names} (or give the path of your own YAML file)"
         )
     return profiles[name_or_path]
 
@@ -118,9 +117,7 @@ def parse_profile(path: Path) -> Profile:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ProfileError(
-            f"cannot parse profile {str(path)!r}{line}: {exc.problem or exc.context}"
-        ) from None
+        raise ProfileError(f"cannot parse profile {str(path)!r}{line}: {exc.problem or exc.context}") from None
     except (OSError, yaml.YAMLError) as exc:
         raise ProfileError(f"cannot read profile {str(path)!r}: {exc}") from None
     if data is None:

@@ -51,9 +51,7 @@ class GroupProgress:
             else:
                 self.finished += 1
                 self.failed += run.failed()
-            self._progress.update(
-                self._task, total=self.submitted, completed=self.finished, failed=self.failed
-            )
+            self._progress.update(self._task, total=self.submitted, completed=self.finished, failed=self.failed)
 
     def summary(self) -> str:
         """One line: how many group runs finished and failed."""

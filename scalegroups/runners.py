@@ -71,8 +71,7 @@ def _apply_overrides(section: BaseModel, overrides: dict[str, Any], runner: str)
         where = ".".join(str(p) for p in item["loc"])
         fields = ", ".join(type(section).model_fields)
         raise ConfigurationError(
-            f"invalid option {where!r} for the {runner} runner: {item['msg']} "
-            f"(options: {fields}, address, max_workers)"
+            f"invalid option {where!r} for the {runner} runner: {item['msg']} (options: {fields}, address, max_workers)"
         ) from None
 
 
@@ -176,9 +175,7 @@ def build_task_runner(spec: RunnerSpec) -> TaskRunner:
     return runner
 
 
-def make_task_runner(
-    runner: str | None = None, *, profile: str | None = None, **overrides: Any
-) -> TaskRunner:
+def make_task_runner(runner: str | None = None, *, profile: str | None = None, **overrides: Any) -> TaskRunner:
     """Return a Prefect task runner chosen by arguments, `SCALEGROUPS_*` variables and a profile.
 
     `runner` is one of thread, process, dask, ray (default: `$SCALEGROUPS_RUNNER`, else thread);

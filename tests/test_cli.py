@@ -29,8 +29,7 @@ def test_unknown_runner_is_one_line():
     out, _ = run_python(["-m", "scalegroups.cli", "info", "--runner", "spark"])
     assert out.returncode == 2
     assert out.stderr.strip() == (
-        "scalegroups: error: unknown runner 'spark' (from argument); "
-        "valid runners: thread, process, dask, ray"
+        "scalegroups: error: unknown runner 'spark' (from argument); valid runners: thread, process, dask, ray"
     )
 
 

@@ -12,9 +12,7 @@ from scalegroups.caching import hashes_for_nothing, without_wasted_hashing
 
 @scalegroups.flow
 def fan(n: int, batch_size: int | None = None) -> dict:
-    fanned = scalegroups.fan_out(
-        square_or_fail, range(n), batch_size=batch_size, key=lambda i: f"k{i}", offset=1
-    )
+    fanned = scalegroups.fan_out(square_or_fail, range(n), batch_size=batch_size, key=lambda i: f"k{i}", offset=1)
     outcomes = fanned.outcomes()
     try:
         fanned.results()
@@ -23,9 +21,7 @@ def fan(n: int, batch_size: int | None = None) -> dict:
         error = exc
     return {
         "batches": len(fanned.batches),
-        "outcomes": [
-            (o.index, o.key, o.status, o.value, repr(o.error) if o.error else None) for o in outcomes
-        ],
+        "outcomes": [(o.index, o.key, o.status, o.value, repr(o.error) if o.error else None) for o in outcomes],
         "summary": fanned.summary(),
         "failed_keys": [o.key for o in error.outcomes] if error else [],
     }

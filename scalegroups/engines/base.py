@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 from prefect.context import TaskRunContext
 
+from scalegroups import context_cache
 from scalegroups.caching import without_wasted_hashing
 from scalegroups.errors import OrchestrationError
 from scalegroups.server import shared_api
@@ -47,6 +48,7 @@ class EngineRunnerMixin:
         self.preflight()
         self._scalegroups_stack = ExitStack()
         if self.uses_worker_processes:
+            context_cache.install()
             self._scalegroups_stack.enter_context(shared_api())
         try:
             return super().__enter__()  # type: ignore[misc]

@@ -1,0 +1,1 @@
+"""Benchmarks: raw engines vs hand-written Prefect vs scalegroups (`make bench`)."""
