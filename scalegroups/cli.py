@@ -127,6 +127,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_wait(args: argparse.Namespace) -> int:
+    """Wait until the Prefect API and the resolved runner's cluster address answer."""
+    from scalegroups.network import check_http_ok, wait_until
+    from scalegroups.runners import build_task_runner, resolve_runner
+    from scalegroups.server import configured_api_url
+
+    _set_selection(args)
+    spec = resolve_runner()
+    api = configured_api_url()
+    if api:
+        wait_until(lambda: check_http_ok(api.rstrip("/") + "/ready"), f"Prefect API {api}", args.timeout)
+        print(f"Prefect API {api} ready", file=sys.stderr)
+    if spec.address:
+        runner = build_task_runner(spec)
+        wait_until(runner.preflight, f"{spec.runner} cluster {spec.address}", args.timeout)
+        print(f"{spec.runner} cluster at {spec.address} reachable", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for `scalegroups`."""
     parser = argparse.ArgumentParser(prog="scalegroups", description=__doc__)
@@ -155,6 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--json", action="store_true", help="print the flow's result as JSON")
     run.set_defaults(handler=cmd_run)
+
+    wait = commands.add_parser("wait", help="wait until PREFECT_API_URL and the cluster address answer")
+    wait.add_argument("--runner", help="thread, process, dask or ray")
+    wait.add_argument("--profile", help="profile name or YAML path")
+    wait.add_argument("--timeout", type=float, default=300, help="seconds (default 300)")
+    wait.set_defaults(handler=cmd_wait)
     return parser
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import socket
+import time
+import urllib.request
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from scalegroups.errors import ConfigurationError, UnreachableClusterError
@@ -46,3 +49,23 @@ def check_reachable(address: str, what: str, default_port: int, source: str) -> 
         f"Check that the {what} is running and the address is right, or unset it to start a "
         "local cluster."
     )
+
+
+def wait_until(check: Callable[[], None], what: str, timeout: float, interval: float = 2.0) -> None:
+    """Call `check` until it stops raising or `timeout` seconds pass (then raise the last error)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            check()
+            return
+        except (OSError, UnreachableClusterError) as exc:
+            if time.monotonic() >= deadline:
+                raise UnreachableClusterError(f"{what} not ready after {timeout:.0f} s: {exc}") from None
+        time.sleep(interval)
+
+
+def check_http_ok(url: str) -> None:
+    """GET `url` and raise `OSError` unless it answers 2xx."""
+    with urllib.request.urlopen(url, timeout=CONNECT_TIMEOUT_S) as response:
+        if not 200 <= response.status < 300:
+            raise OSError(f"{url} answered HTTP {response.status}")

@@ -22,7 +22,7 @@ def test_packaged_profiles_validate():
 def test_k8s_profile_points_at_the_in_cluster_services():
     profile = load_profile("k8s")
     assert profile.dask.address == "tcp://dask-scheduler:8786"
-    assert profile.ray.address == "ray-head:6379"
+    assert profile.ray.address == "ray://ray-head:10001"
 
 
 def test_cloud_profile_uses_a_cloud_cluster_class_and_a_remote_ray():
