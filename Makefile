@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: install demo test test-quick lint bench clean
+.PHONY: install demo test test-k8s test-quick lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ demo: install
 test: install
 	env -u PREFECT_API_URL -u PREFECT_API_KEY PREFECT_HOME=$(CURDIR)/.prefect-test \
 		$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The Kubernetes e2e (changes the cluster KUBECONFIG names): apply k8s/, run the example Job on Dask and Ray.
+test-k8s: install
+	SCALEGROUPS_K8S_E2E=1 $(BIN)/python -m pytest tests/test_k8s_e2e.py -v -s -p no:cacheprovider $(PYTEST_ARGS)
 
 test-quick: install
 	$(MAKE) test PYTEST_ARGS="-m 'not slow' --scalegroups-runners=thread,dask"

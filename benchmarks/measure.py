@@ -17,7 +17,25 @@ from benchmarks import workloads as w
 WORKERS = 2
 
 
+def settle(limit_s: float = 180) -> None:
+    """Wait until the shared API server has digested earlier work (its CPU under 10% for 1 s).
+
+    The server records task runs asynchronously (~45 ms of CPU each on this machine class), so
+    without this a workload would be measured against the previous workload's backlog.
+    """
+    pid = os.environ.get("SCALEGROUPS_BENCH_SERVER_PID")
+    if not pid:
+        return
+    import psutil
+
+    server = psutil.Process(int(pid))
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline and server.cpu_percent(interval=1.0) > 10:
+        pass
+
+
 def repeat(times: int, fn: Callable[[], Any]) -> list[float]:
+    settle()
     timings = []
     for _ in range(times):
         started = time.perf_counter()
@@ -101,6 +119,7 @@ class RawEngine:
 
 
 def run_raw(engine: str, cfg: dict) -> dict:
+    settle()
     started = time.perf_counter()
     raw = RawEngine(engine)
     raw.gather([raw.submit(w.noop_fn, 0)])
@@ -194,6 +213,7 @@ def run_flow(engine: str, config: str, cfg: dict) -> dict:
         runner = make_task_runner(engine, max_workers=4 if engine == "thread" else WORKERS)
         body = scalegroups_body
     bench_flow = flow(body, name=f"bench-{config}-{engine}", task_runner=runner)
+    settle()
     return bench_flow(cfg, time.time())
 
 

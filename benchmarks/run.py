@@ -91,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     serial = statistics.median(_serial_cpu(cfg) for _ in range(cfg["repeats"]))
     results: dict[str, dict[str, object]] = {}
     with shared_api():
+        server = _server_pid()
+        if server:
+            os.environ["SCALEGROUPS_BENCH_SERVER_PID"] = str(server)
         for engine in args.engines.split(","):
             results[engine] = {}
             for config in CONFIGS:
@@ -101,6 +104,14 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.output).write_text(report)
     print(report)
     return 0
+
+
+def _server_pid() -> int | None:
+    """PID of this process's temporary Prefect server (None when PREFECT_API_URL was given)."""
+    from prefect.server.api.server import SubprocessASGIServer
+
+    process = SubprocessASGIServer._instances.get(None) and SubprocessASGIServer().server_process
+    return process.pid if process else None
 
 
 def _serial_cpu(cfg: dict) -> float:

@@ -22,6 +22,7 @@ apply_prefect_defaults()
 
 from scalegroups.errors import (  # noqa: E402
     ConfigurationError,
+    GroupTimeoutError,
     MissingExtraError,
     OrchestrationError,
     ProfileError,
@@ -34,6 +35,7 @@ from scalegroups.groups import Group, GroupRun, as_completed, group  # noqa: E40
 from scalegroups.profiles import Profile, available_profiles, load_profile  # noqa: E402
 from scalegroups.runners import make_task_runner, resolve_runner  # noqa: E402
 from scalegroups.sharing import share  # noqa: E402
+from scalegroups.summary import summarize  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -41,6 +43,7 @@ __all__ = [
     "ConfigurationError",
     "FanOut",
     "FanOutError",
+    "GroupTimeoutError",
     "ItemOutcome",
     "Group",
     "GroupRun",
@@ -59,4 +62,5 @@ __all__ = [
     "make_task_runner",
     "resolve_runner",
     "share",
+    "summarize",
 ]

@@ -146,6 +146,28 @@ def cmd_wait(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_limits_sync(args: argparse.Namespace) -> int:
+    """Create or update the concurrency limits declared by groups in FILES and the profile."""
+    from scalegroups import limits
+    from scalegroups.profiles import load_profile
+    from scalegroups.runners import DEFAULT_PROFILE
+    from scalegroups.settings import read_env
+
+    for file_name in args.files:
+        if not Path(file_name).is_file():
+            raise ConfigurationError(f"file {file_name!r} does not exist")
+        sys.path.insert(0, str(Path(file_name).resolve().parent))
+        runpy.run_path(file_name, run_name="__scalegroups_limits__")
+    profile = load_profile(args.profile or read_env().profile or DEFAULT_PROFILE)
+    wanted = {**limits.DECLARED, **profile.limits}
+    if not wanted:
+        print("no limits declared (in the files' groups or the profile's limits: section)", file=sys.stderr)
+        return 0
+    for line in limits.sync(wanted):
+        print(line)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for `scalegroups`."""
     parser = argparse.ArgumentParser(prog="scalegroups", description=__doc__)
@@ -174,6 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--json", action="store_true", help="print the flow's result as JSON")
     run.set_defaults(handler=cmd_run)
+
+    limits = commands.add_parser("limits", help="concurrency limits on the Prefect server")
+    limits_commands = limits.add_subparsers(dest="limits_command", required=True)
+    sync = limits_commands.add_parser("sync", help="create/update limits declared by groups and the profile")
+    sync.add_argument("files", nargs="*", help="Python files whose @group(limits=...) to sync")
+    sync.add_argument("--profile", help="profile whose limits: section to sync (profile wins)")
+    sync.set_defaults(handler=cmd_limits_sync)
 
     wait = commands.add_parser("wait", help="wait until PREFECT_API_URL and the cluster address answer")
     wait.add_argument("--runner", help="thread, process, dask or ray")

@@ -25,3 +25,7 @@ class UnreachableClusterError(ScalegroupsError, ConnectionError):
 
 class OrchestrationError(ScalegroupsError, RuntimeError):
     """Groups or tasks used where orchestration cannot happen (e.g. inside a task)."""
+
+
+class GroupTimeoutError(ScalegroupsError, TimeoutError):
+    """A group run exceeded its timeout; its unfinished tasks were cancelled."""

@@ -12,14 +12,17 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Generic, ParamSpec
 
 from prefect import tags
 from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture
 
+from scalegroups import limits as limits_module
 from scalegroups.engines.base import refuse_inside_task
-from scalegroups.errors import OrchestrationError
+from scalegroups.errors import GroupTimeoutError, OrchestrationError
+from scalegroups.resources import Resources, parse_resources
 
 P = ParamSpec("P")
 FINAL = "final"
@@ -58,7 +61,16 @@ def _is_failure(future: PrefectFuture[Any]) -> bool:
 class GroupRun:
     """The futures one call of a group returned, with a result and a done signal for the whole."""
 
-    def __init__(self, group: str, key: Any, returned: Any = None, error: BaseException | None = None):
+    def __init__(
+        self,
+        group: str,
+        key: Any,
+        returned: Any = None,
+        error: BaseException | None = None,
+        *,
+        timeout: float | None = None,
+        canceller: Callable[[list[PrefectFuture[Any]]], None] | None = None,
+    ):
         self.group = group
         self.key = key
         self.returned = returned
@@ -69,11 +81,17 @@ class GroupRun:
         self._callbacks: list[Callable[[GroupRun], None]] = []
         self._remaining = len(self._futures)
         self.finished_at: float | None = None
+        self._canceller = canceller
+        self._timer: threading.Timer | None = None
         _notify("submitted", self)
         if self._remaining == 0:
             self._mark_done()
         for future in self._futures:
             _on_done(future, self._future_done)
+        if timeout is not None and not self.done():
+            self._timer = threading.Timer(timeout, self._time_out, args=(timeout,))
+            self._timer.daemon = True
+            self._timer.start()
 
     def __repr__(self) -> str:
         status = "done" if self.done() else "running"
@@ -87,13 +105,33 @@ class GroupRun:
     def _future_done(self, _future: PrefectFuture[Any]) -> None:
         with self._lock:
             self._remaining -= 1
-            last = self._remaining == 0
+            last = self._remaining == 0 and not self._done.is_set()
         if last:
             self._mark_done()
 
+    def _time_out(self, timeout: float) -> None:
+        with self._lock:
+            if self._done.is_set():
+                return
+            self._error = GroupTimeoutError(
+                f"group {self.group!r} (key {self.key!r}) did not finish within {timeout} s; its unfinished "
+                "tasks were cancelled"
+            )
+        if self._canceller is not None:
+            try:
+                self._canceller([f for f in self._futures if not f._final_state])
+            except Exception as exc:  # report, but never lose the timeout itself
+                self._error.add_note(f"cancelling its tasks failed: {exc!r}")
+        self._mark_done()
+
     def _mark_done(self) -> None:
+        with self._lock:
+            if self._done.is_set():
+                return
+            self._done.set()
         self.finished_at = time.monotonic()
-        self._done.set()
+        if self._timer is not None:
+            self._timer.cancel()
         with self._lock:
             callbacks, self._callbacks = self._callbacks, []
         for callback in callbacks:
@@ -175,11 +213,25 @@ def _collect_futures(group: str, returned: Any) -> list[PrefectFuture[Any]]:
 class Group(Generic[P]):
     """A reusable task group; call it inside a flow to get a `GroupRun`."""
 
-    def __init__(self, fn: Callable[P, Any], name: str | None = None, tags: Iterable[str] = ()):
+    def __init__(
+        self,
+        fn: Callable[P, Any],
+        name: str | None = None,
+        tags: Iterable[str] = (),
+        *,
+        limits: Mapping[str, int] | None = None,
+        resources: Mapping[str, Any] | Resources | None = None,
+        timeout: float | None = None,
+    ):
         functools.update_wrapper(self, fn)
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"group timeout must be positive, got {timeout}")
+        self.timeout = timeout
         self.fn = fn
         self.name = name or fn.__name__
-        self.tags = (f"group:{self.name}", *tags)
+        self.limits = limits_module.declare(limits or {}, self.name)
+        self.resources = parse_resources(resources)
+        self.tags = (f"group:{self.name}", *tags, *self.limits)
 
     def __repr__(self) -> str:
         return f"Group({self.name!r})"
@@ -192,14 +244,24 @@ class Group(Generic[P]):
                 "them from the body of a @flow (or @scalegroups.flow)."
             )
 
+    def _engine_context(self) -> AbstractContextManager[None]:
+        runner = getattr(FlowRunContext.get(), "task_runner", None)
+        if self.resources is None or not hasattr(runner, "resource_context"):
+            return nullcontext()
+        return runner.resource_context(self.resources)
+
     def _run(self, key: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> GroupRun:
-        with tags(*self.tags):
+        runner = getattr(FlowRunContext.get(), "task_runner", None)
+        with tags(*self.tags), self._engine_context():
             returned = self.fn(*args, **kwargs)
-        return GroupRun(self.name, key, returned)
+        return GroupRun(
+            self.name, key, returned, timeout=self.timeout, canceller=getattr(runner, "cancel_futures", None)
+        )
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> GroupRun:
         """Run the group function once; its first argument (if any) becomes `run.key`."""
         self._check_context()
+        limits_module.require(self.limits, self.name)
         return self._run(args[0] if args else None, args, kwargs)
 
     def map(
@@ -215,6 +277,7 @@ class Group(Generic[P]):
         submitting anything still yields a run, done and failed with that exception.
         """
         self._check_context()
+        limits_module.require(self.limits, self.name)
         runs = []
         for item in items:
             run_key = key(item) if key else item
@@ -227,11 +290,28 @@ class Group(Generic[P]):
         return runs
 
 
-def group(fn: Callable[P, Any] | None = None, *, name: str | None = None, tags: Iterable[str] = ()) -> Any:
-    """Decorator: turn a function that submits tasks and returns their futures into a `Group`."""
-    if fn is None:
-        return lambda f: Group(f, name=name, tags=tags)
-    return Group(fn, name=name, tags=tags)
+def group(
+    fn: Callable[P, Any] | None = None,
+    *,
+    name: str | None = None,
+    tags: Iterable[str] = (),
+    limits: Mapping[str, int] | None = None,
+    resources: Mapping[str, Any] | None = None,
+    timeout: float | None = None,
+) -> Any:
+    """Decorator: turn a function that submits tasks and returns their futures into a `Group`.
+
+    `limits={"db": 4}`: at most 4 tasks of every group sharing limit "db" run at once, on any runner
+    (a Prefect global concurrency limit, checked strictly). `resources={"cpu": 2, "memory": "2GiB"}`:
+    what each task needs, mapped to Ray remote options or Dask worker resources. `timeout=30`: a run
+    not done after 30 s is failed with `GroupTimeoutError` and its unfinished tasks are cancelled
+    (Ray ends their worker processes; Dask cancels pending ones and restarts workers running one).
+    """
+
+    def make(f: Callable[P, Any]) -> Group[P]:
+        return Group(f, name=name, tags=tags, limits=limits, resources=resources, timeout=timeout)
+
+    return make if fn is None else make(fn)
 
 
 def as_completed(runs: Iterable[GroupRun], timeout: float | None = None) -> Iterator[GroupRun]:

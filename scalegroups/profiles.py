@@ -62,6 +62,7 @@ class Profile(_Section):
     process: ProcessSection = Field(default_factory=ProcessSection)
     dask: DaskSection = Field(default_factory=DaskSection)
     ray: RaySection = Field(default_factory=RaySection)
+    limits: dict[str, PositiveInt] = Field(default_factory=dict)
     source: str = Field(default="<built-in>", exclude=True)
 
 

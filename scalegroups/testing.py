@@ -81,6 +81,7 @@ class LocalEngines:
                     processes=True,
                     dashboard_address=None,
                     silence_logs=40,
+                    resources={"CPU": 1},
                 )
             )
         return self._dask_cluster.scheduler_address

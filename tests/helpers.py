@@ -105,3 +105,36 @@ def square_or_fail(item: int, offset: int = 0) -> int:
 @task
 def size_and_pid(data: bytes) -> tuple[int, int]:
     return len(data), os.getpid()
+
+
+@task
+def timed_sleep(seconds: float) -> tuple[float, float, int]:
+    """Sleep; return wall-clock start, end and the worker's pid."""
+    import time
+
+    start = time.time()
+    time.sleep(seconds)
+    return start, time.time(), os.getpid()
+
+
+def max_overlap(intervals: list[tuple[float, float]]) -> int:
+    """The largest number of intervals open at one instant."""
+    events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals], key=lambda x: (x[0], x[1]))
+    running = peak = 0
+    for _, step in events:
+        running += step
+        peak = max(peak, running)
+    return peak
+
+
+@task
+def heartbeat(path: str, seconds: float) -> str:
+    """Touch `path` every 0.2 s for `seconds` (shows whether a task is still running)."""
+    import time
+    from pathlib import Path
+
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        Path(path).write_text(str(time.time()))
+        time.sleep(0.2)
+    return path

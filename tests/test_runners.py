@@ -77,6 +77,7 @@ def test_options_merge_into_the_profile_section():
         "processes": True,
         "threads_per_worker": 1,
         "dashboard_address": ":0",
+        "resources": {"CPU": 1},
         "n_workers": 1,
         "memory_limit": "1GiB",
     }

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from typing import Any, ClassVar
 
 from prefect.context import TaskRunContext
@@ -11,7 +13,10 @@ from prefect.context import TaskRunContext
 from scalegroups import context_cache
 from scalegroups.caching import without_wasted_hashing
 from scalegroups.errors import OrchestrationError
+from scalegroups.resources import Resources
 from scalegroups.server import shared_api
+
+logger = logging.getLogger("scalegroups")
 
 
 def refuse_inside_task(what: str) -> None:
@@ -39,6 +44,25 @@ class EngineRunnerMixin:
     def parallelism(self) -> int:
         """How many tasks the started runner can run at once (for automatic batch sizes)."""
         return max(1, int(getattr(self, "_max_workers", 0) or os.cpu_count() or 1))
+
+    @contextmanager
+    def resource_context(self, resources: Resources) -> Iterator[None]:
+        """Ask the engine to place tasks submitted inside by `resources` (here: warn, run anyway)."""
+        if not getattr(self, "_warned_resources", False):
+            self._warned_resources = True
+            logger.warning(
+                "%s cannot place tasks by resources; %s ignored (use the dask or ray runner)",
+                type(self).__name__,
+                resources.model_dump(exclude_none=True),
+            )
+        yield
+
+    def cancel_futures(self, futures: list[Any]) -> None:
+        """Stop these tasks: here, cancel those that have not started (threads cannot be stopped)."""
+        for future in futures:
+            wrapped = getattr(future, "wrapped_future", None)
+            if wrapped is not None and hasattr(wrapped, "cancel"):
+                wrapped.cancel()
 
     def share(self, value: Any) -> Any:
         """Place `value` once where the engine's workers can read it; return what to pass to tasks."""

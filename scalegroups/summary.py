@@ -1,0 +1,62 @@
+"""Account for every item at the end of a map: counts, and a table artifact in the Prefect UI."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+from prefect.context import FlowRunContext
+
+from scalegroups.errors import GroupTimeoutError
+from scalegroups.fanout import FanOut
+from scalegroups.groups import GroupRun
+
+STATUSES = ("completed", "failed", "crashed", "cancelled", "timed_out")
+
+
+def run_status(run: GroupRun) -> tuple[str, str]:
+    """(status, error text) of a finished group run."""
+    error = run.exception()
+    if error is None:
+        return "completed", ""
+    if isinstance(error, GroupTimeoutError):
+        return "timed_out", str(error)
+    states = [future.state for future in run.futures if future._final_state is not None]
+    if any(state.is_crashed() for state in states):
+        return "crashed", repr(error)
+    if any(state.is_cancelled() for state in states):
+        return "cancelled", repr(error)
+    return "failed", repr(error)
+
+
+def summarize(items: Iterable[GroupRun] | FanOut, *, artifact_key: str | None = None) -> dict[str, Any]:
+    """Wait for every run (or fan-out item) and count them by status; in a flow, also publish a table.
+
+    Returns {"total": n, "completed": ..., "failed": ..., "crashed": ..., "cancelled": ..., "timed_out": ...,
+    "problems": [{"key": ..., "status": ..., "error": ...}, ...]}.
+    """
+    rows: list[dict[str, str]] = []
+    if isinstance(items, FanOut):
+        for outcome in items.outcomes():
+            rows.append({"key": repr(outcome.key), "status": outcome.status, "error": repr(outcome.error or "")})
+        name = items.name
+    else:
+        runs = list(items)
+        for run in runs:
+            status, error = run_status(run)
+            rows.append({"key": repr(run.key), "status": status, "error": error})
+        name = runs[0].group if runs else "groups"
+    counts = Counter(row["status"] for row in rows)
+    summary: dict[str, Any] = {"total": len(rows), **{s: counts.get(s, 0) for s in STATUSES}}
+    summary["problems"] = [row for row in rows if row["status"] != "completed"]
+    if FlowRunContext.get() is not None:
+        from prefect.artifacts import create_table_artifact
+
+        header = ", ".join(f"{summary[s]} {s}" for s in STATUSES if summary[s])
+        create_table_artifact(
+            table=summary["problems"] or [{"key": "(all)", "status": "completed", "error": ""}],
+            key=artifact_key,
+            description=f"{name}: {summary['total']} items: {header or 'none'}",
+        )
+    return summary

@@ -1,0 +1,119 @@
+"""Concurrency limits (server-enforced, strict) and resources, on real engines."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from helpers import max_overlap, timed_sleep
+
+import scalegroups
+from scalegroups import ConfigurationError, OrchestrationError
+from scalegroups import limits as limits_module
+
+
+def limited_group(limit_name: str, slots: int):
+    @scalegroups.group(name=f"limited-{limit_name}", limits={limit_name: slots})
+    def sleeper(_: int, seconds: float):
+        return timed_sleep.submit(seconds)
+
+    return sleeper
+
+
+def test_max_overlap_helper():
+    assert max_overlap([(0, 2), (1, 3), (2.5, 4)]) == 2
+    assert max_overlap([(0, 1), (1, 2)]) == 1
+
+
+def test_missing_limit_fails_strictly_and_clearly(scalegroups_prefect_api, monkeypatch):
+    monkeypatch.delenv("SCALEGROUPS_SYNC_LIMITS", raising=False)
+    name = f"missing-{uuid.uuid4().hex[:8]}"
+    group = limited_group(name, 2)
+
+    @scalegroups.flow
+    def run() -> None:
+        group.map(range(3), seconds=0)
+
+    with pytest.raises(OrchestrationError, match=f"needs concurrency limit 'tag:{name}', which does not exist"):
+        run()
+
+
+def test_auto_sync_creates_declared_limits(scalegroups_prefect_api, monkeypatch):
+    from prefect import get_client
+
+    monkeypatch.setenv("SCALEGROUPS_SYNC_LIMITS", "1")
+    name = f"auto-{uuid.uuid4().hex[:8]}"
+    group = limited_group(name, 3)
+
+    @scalegroups.flow
+    def run() -> int:
+        return len([r.result() for r in group.map(range(2), seconds=0)])
+
+    assert run() == 2
+    with get_client(sync_client=True) as client:
+        assert client.read_global_concurrency_limit_by_name(f"tag:{name}").limit == 3
+
+
+def test_conflicting_declarations_are_refused():
+    limited_group("conflict-a", 2)
+    with pytest.raises(ConfigurationError, match="conflicts with 2 declared elsewhere"):
+        limited_group("conflict-a", 3)
+
+
+@pytest.mark.scalegroups_runners("process", "dask", "ray")
+def test_limit_holds_across_worker_processes(scalegroups_runner):
+    name = f"overlap-{scalegroups_runner}-{uuid.uuid4().hex[:6]}"
+    limits_module.sync({name: 2})
+    group = limited_group(name, 2)
+
+    @scalegroups.flow
+    def run() -> list:
+        return [run.result() for run in scalegroups.as_completed(group.map(range(100), seconds=0.05))]
+
+    results = run()
+    assert len(results) == 100
+    assert len({pid for _, _, pid in results}) >= 2, "all tasks ran in one process"
+    assert max_overlap([(start, end) for start, end, _ in results]) == 2
+
+
+@scalegroups.group(resources={"cpu": 2})
+def two_cpus(_: int):
+    return timed_sleep.submit(0.4)
+
+
+@scalegroups.flow
+def run_two_cpus() -> list:
+    return [r.result() for r in two_cpus.map(range(4))]
+
+
+@pytest.mark.scalegroups_runners("ray")
+def test_ray_places_by_cpu(scalegroups_runner):
+    results = run_two_cpus()
+    assert max_overlap([(start, end) for start, end, _ in results]) == 1
+
+
+@pytest.mark.scalegroups_runners("dask")
+def test_dask_refuses_resources_no_worker_has(scalegroups_runner):
+    with pytest.raises(ConfigurationError, match=r"no Dask worker advertises resources \{'CPU': 2.0\}"):
+        run_two_cpus()
+
+
+@scalegroups.group(resources={"cpu": 1})
+def one_cpu(_: int):
+    return timed_sleep.submit(0.3)
+
+
+@scalegroups.flow
+def run_one_cpu() -> list:
+    return [r.result() for r in one_cpu.map(range(4))]
+
+
+@pytest.mark.scalegroups_runners("dask", "ray")
+def test_one_cpu_each_uses_both_workers(scalegroups_runner):
+    results = run_one_cpu()
+    assert max_overlap([(start, end) for start, end, _ in results]) == 2
+
+
+def test_bad_resources_are_refused():
+    with pytest.raises(ConfigurationError, match="invalid resources"):
+        scalegroups.group(resources={"cpus": 2})(lambda x: x)
