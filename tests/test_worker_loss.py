@@ -21,37 +21,53 @@ def nap(_: int):
     return timed_sleep.submit(0.2)
 
 
-def _is_worker(runner: str, cmd: str) -> bool:
-    if runner == "ray":
-        return cmd.startswith("ray::") and "timed_sleep" in cmd
-    return "multiprocessing" in cmd and "spawn_main" in cmd
-
-
-def engine_workers(runner: str) -> list[psutil.Process]:
-    """Worker processes of the test's engine that are running a task (children of this process)."""
-    found = []
+def spawned_children() -> set[int]:
+    found = set()
     for proc in psutil.Process().children(recursive=True):
         try:
-            if _is_worker(runner, " ".join(proc.cmdline())):
-                found.append(proc)
+            if "spawn_main" in " ".join(proc.cmdline()):
+                found.add(proc.pid)
         except psutil.Error:
             continue
     return found
 
 
-def kill_one_worker_when_busy(runner: str, stop: threading.Event, killed: list[int]) -> None:
+def ray_task_workers() -> set[int]:
+    found = set()
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            cmd = " ".join(proc.cmdline())
+        except psutil.Error:
+            continue
+        if cmd.startswith("ray::") and "timed_sleep" in cmd:
+            found.add(proc.pid)
+    return found
+
+
+def candidates(runner: str, engines, before: set[int]) -> set[int]:
+    """PIDs of the engine's worker processes that this test may kill."""
+    if runner == "ray":
+        return ray_task_workers()
+    if runner == "dask":
+        from distributed import Client
+
+        with Client(engines.dask_address, timeout=10) as client:
+            return set(client.run(os.getpid).values())
+    return spawned_children() - before  # the flow's own process pool
+
+
+def kill_one_worker_when_busy(find, stop: threading.Event, killed: list[int]) -> None:
     deadline = time.monotonic() + 60
     while not stop.is_set() and time.monotonic() < deadline:
-        workers = engine_workers(runner)
-        if workers:
+        if find():
             time.sleep(1.0)  # let some items finish first
-            victim = engine_workers(runner)[0] if engine_workers(runner) else workers[0]
-            try:
-                os.kill(victim.pid, signal.SIGKILL)
-                killed.append(victim.pid)
-            except ProcessLookupError:
-                continue
-            return
+            for pid in sorted(find()):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    continue
+                killed.append(pid)
+                return
         time.sleep(0.1)
 
 
@@ -65,9 +81,14 @@ def nap_all() -> dict:
 
 
 @pytest.mark.scalegroups_runners("process", "dask", "ray")
-def test_killed_worker_loses_no_item(scalegroups_runner):
+def test_killed_worker_loses_no_item(scalegroups_runner, scalegroups_engines):
     stop, killed = threading.Event(), []
-    killer = threading.Thread(target=kill_one_worker_when_busy, args=(scalegroups_runner, stop, killed))
+    before = spawned_children()
+
+    def find() -> set[int]:
+        return candidates(scalegroups_runner, scalegroups_engines, before)
+
+    killer = threading.Thread(target=kill_one_worker_when_busy, args=(find, stop, killed))
     killer.start()
     try:
         outcomes = nap_all()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
@@ -21,3 +22,21 @@ class ThreadRunner(EngineRunnerMixin, ThreadPoolTaskRunner):
 
 class ProcessRunner(EngineRunnerMixin, ProcessPoolTaskRunner):
     """`ProcessPoolTaskRunner`: tasks run in spawned worker processes sharing the flow's API."""
+
+    def __exit__(self, *exc_info: Any) -> None:
+        # Prefect's exit waits for running tasks. When the flow ends with an error or Ctrl-C, those
+        # tasks' results can no longer be used: end the worker processes instead of waiting for them.
+        if exc_info[0] is not None:
+            self._terminate_workers()
+        super().__exit__(*exc_info)
+
+    def _terminate_workers(self) -> None:
+        executor = getattr(self, "_executor", None)
+        processes = dict(getattr(executor, "_processes", None) or {})  # ProcessPoolExecutor has no public API
+        for process in processes.values():
+            if process.is_alive():
+                process.terminate()
+        for process in processes.values():
+            process.join(timeout=5)
+            if process.is_alive():
+                process.kill()
