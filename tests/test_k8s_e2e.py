@@ -13,10 +13,13 @@ import time
 
 import pytest
 
-pytestmark = pytest.mark.skipif(
-    os.environ.get("SCALEGROUPS_K8S_E2E") != "1" or not shutil.which("kubectl"),
-    reason="Kubernetes e2e is opt-in: set SCALEGROUPS_K8S_E2E=1 and KUBECONFIG (and have kubectl)",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        os.environ.get("SCALEGROUPS_K8S_E2E") != "1" or not shutil.which("kubectl"),
+        reason="Kubernetes e2e is opt-in: set SCALEGROUPS_K8S_E2E=1 and KUBECONFIG (and have kubectl)",
+    ),
+    pytest.mark.timeout(1200),
+]
 
 TIMEOUT = float(os.environ.get("SCALEGROUPS_K8S_TIMEOUT", "300"))
 JOB = "scalegroups-example"
