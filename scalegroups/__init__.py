@@ -20,6 +20,7 @@ from scalegroups.settings import apply_prefect_defaults
 
 apply_prefect_defaults()
 
+from scalegroups.deployments import DeploymentMap, DeploymentRun, deploy_map  # noqa: E402
 from scalegroups.errors import (  # noqa: E402
     ConfigurationError,
     GroupTimeoutError,
@@ -41,6 +42,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConfigurationError",
+    "DeploymentMap",
+    "DeploymentRun",
     "FanOut",
     "FanOutError",
     "GroupTimeoutError",
@@ -55,6 +58,7 @@ __all__ = [
     "UnreachableClusterError",
     "as_completed",
     "available_profiles",
+    "deploy_map",
     "fan_out",
     "flow",
     "group",

@@ -74,6 +74,15 @@ def processes_with_marker(marker: str) -> list[psutil.Process]:
     return found
 
 
+def kill_marked(marker: str) -> None:
+    """Kill every process carrying the marker (cleanup after a failed test, so it leaks nothing)."""
+    for proc in processes_with_marker(marker):
+        try:
+            proc.kill()
+        except psutil.Error:
+            continue
+
+
 def run_python(args: list[str], env: dict[str, str] | None = None, timeout: float = 300):
     """Run `python ARGS` (or the CLI) in a fresh process tagged with a marker; return (proc, marker).
 
@@ -84,14 +93,18 @@ def run_python(args: list[str], env: dict[str, str] | None = None, timeout: floa
     child_env.update(env or {})
     child_env["SCALEGROUPS_TEST_MARKER"] = marker
     child_env["PYTHONPATH"] = str(REPO)
-    completed = subprocess.run(
-        [sys.executable, *args],
-        env=child_env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    try:
+        completed = subprocess.run(
+            [sys.executable, *args],
+            env=child_env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        kill_marked(marker)  # what the killed child started must not outlive the test
+        raise
     return completed, marker
 
 

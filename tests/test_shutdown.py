@@ -10,7 +10,7 @@ import time
 import uuid
 
 import pytest
-from helpers import REPO, processes_with_marker, run_python
+from helpers import REPO, kill_marked, processes_with_marker, run_python
 
 
 def marked_env(runner: str) -> tuple[dict[str, str], str]:
@@ -60,7 +60,9 @@ def test_keyboard_interrupt_leaves_nothing(runner):
     finally:
         if child.poll() is None:
             child.kill()
-    assert gone_within(marker, 20) == []
+        left = gone_within(marker, 20)
+        kill_marked(marker)
+    assert left == []
 
 
 @pytest.mark.slow

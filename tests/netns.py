@@ -1,0 +1,124 @@
+"""Test hosts as Linux network namespaces: one switch namespace with a bridge, one namespace per host.
+
+Every address lives inside namespaces this module creates (10.77.0.0/24 on the private bridge);
+nothing is routed to or from the machine's own network. `Hosts.cut(name)` deletes a host's link:
+the host keeps running but can no longer reach or be reached by the others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Mapping
+
+SUBNET = "10.77.0"
+PREFIX = "sgt"
+
+
+def _ip(*args: str, ns: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    command = ["ip", *(["netns", "exec", ns, "ip"] if ns else []), *args]
+    return subprocess.run(command, capture_output=True, text=True, check=check, timeout=30)
+
+
+def unavailable_reason() -> str | None:
+    """Why namespaces cannot be made here, or None if they can."""
+    if shutil.which("ip") is None:
+        return "iproute2 (`ip`) is not installed"
+    if os.geteuid() != 0:
+        return "creating network namespaces needs root"
+    probe = f"{PREFIX}-probe"
+    result = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if result.returncode != 0:
+        return f"`ip netns add` failed: {result.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return None
+
+
+class Hosts:
+    """Named hosts (namespaces) on one private bridge; processes started in them are tracked."""
+
+    def __init__(self, hosts: Mapping[str, int]):
+        self.addresses = {name: f"{SUBNET}.{last}" for name, last in hosts.items()}
+        self.switch = f"{PREFIX}-sw"
+        self.processes: list[subprocess.Popen[str]] = []
+
+    def ns(self, host: str) -> str:
+        return f"{PREFIX}-{host}"
+
+    def up(self) -> Hosts:
+        self.down()  # leftovers of an interrupted run
+        subprocess.run(["ip", "netns", "add", self.switch], check=True)
+        _ip("link", "add", "br0", "type", "bridge", ns=self.switch)
+        _ip("link", "set", "br0", "up", ns=self.switch)
+        for host, address in self.addresses.items():
+            ns, inner, outer = self.ns(host), f"{PREFIX}{host}e", f"{PREFIX}{host}b"
+            subprocess.run(["ip", "netns", "add", ns], check=True)
+            _ip("link", "add", inner, "type", "veth", "peer", "name", outer)
+            _ip("link", "set", inner, "netns", ns)
+            _ip("link", "set", outer, "netns", self.switch)
+            _ip("link", "set", outer, "master", "br0", "up", ns=self.switch)
+            _ip("addr", "add", f"{address}/24", "dev", inner, ns=ns)
+            _ip("link", "set", inner, "up", ns=ns)
+            _ip("link", "set", "lo", "up", ns=ns)
+        return self
+
+    def spawn(self, host: str, command: list[str], env: Mapping[str, str], log: str) -> subprocess.Popen[str]:
+        """Start `command` inside the host's namespace, in its own process group."""
+        handle = open(log, "w")  # noqa: SIM115 - kept open for the process's lifetime
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns(host), *command],
+            env=dict(env),
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self.processes.append(proc)
+        return proc
+
+    def run(
+        self, host: str, command: list[str], env: Mapping[str, str], timeout: float
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `command` inside the host's namespace and wait for it."""
+        return subprocess.run(
+            ["ip", "netns", "exec", self.ns(host), *command],
+            env=dict(env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def cut(self, host: str) -> None:
+        """Take the host off the network (delete its link on the switch)."""
+        _ip("link", "del", f"{PREFIX}{host}b", ns=self.switch)
+
+    def stop(self, proc: subprocess.Popen[str]) -> None:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            if proc.poll() is not None:
+                return
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                continue
+
+    def down(self) -> None:
+        """Stop every process started here, then delete every namespace of this module."""
+        for proc in self.processes:
+            self.stop(proc)
+        self.processes.clear()
+        listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+        for ns in [name for name in listed if name.startswith(f"{PREFIX}-")]:
+            pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        time.sleep(0.2)

@@ -1,0 +1,87 @@
+"""deploy_map against a real Prefect server and a real `flow.serve` process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+from helpers import REPO, processes_with_marker
+
+import scalegroups
+
+
+@pytest.fixture(scope="module")
+def served(scalegroups_prefect_api):
+    """`python examples/deployments.py serve` (limit 4) against the session's API server."""
+    from prefect import get_client
+
+    marker = uuid.uuid4().hex
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": scalegroups_prefect_api,
+        "SERVE_LIMIT": "4",
+        "SCALEGROUPS_TEST_MARKER": marker,
+        "PYTHONPATH": str(REPO),
+    }
+    server = subprocess.Popen(
+        [sys.executable, "examples/deployments.py", "serve"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        with get_client(sync_client=True) as client:
+            while True:
+                try:
+                    client.read_deployment_by_name("score-item/score-item")
+                    break
+                except Exception:
+                    if server.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"serve did not start: {server.stderr.read()[-2000:]}") from None
+                    time.sleep(1)
+        yield marker
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        deadline = time.monotonic() + 20
+        while processes_with_marker(marker) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert processes_with_marker(marker) == [], "served flow runs outlived the serve process"
+
+
+@pytest.mark.slow
+def test_items_run_as_parallel_flow_runs(served):
+    import examples.deployments as example  # noqa: F401  (importable: the served flow's module)
+
+    outcome = example.fan_out_items(n=8, limit=4)
+    assert sorted(outcome["results"]) == [0, 1, 2, 3, 4, 6, 7]
+    assert all(outcome["results"][i]["square"] == i * i for i in outcome["results"])
+    assert list(outcome["failures"]) == [5] and outcome["failures"][5].startswith("failed")
+    spans = [(r["started"], r["ended"]) for r in outcome["results"].values()]
+    overlapping = sum(1 for a in spans for b in spans if a < b and a[0] < b[1] and b[0] < a[1])
+    assert overlapping > 0, "flow runs did not overlap in time"
+    assert len({r["pid"] for r in outcome["results"].values()}) == 7, "runs shared a process"
+
+
+@pytest.mark.slow
+def test_timeout_cancels_and_reports(served):
+    runs = scalegroups.deploy_map("score-item/score-item", [1, 2], limit=1, timeout=0.5)
+    statuses = {run.key: run.status for run in runs.as_completed()}
+    assert statuses[2] == "timed_out"
+
+
+def test_unknown_deployment_is_reported_per_item(scalegroups_prefect_api):
+    runs = scalegroups.deploy_map("no-such-flow/no-such-deployment", [1, 2])
+    outcomes = list(runs.as_completed())
+    assert {run.key for run in outcomes} == {1, 2}
+    assert all(run.status == "failed" and run.error is not None for run in outcomes)

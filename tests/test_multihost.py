@@ -1,0 +1,115 @@
+"""Groups across several hosts: Dask scheduler and workers on different network namespaces.
+
+The flow runs on host `flow` (which also serves the Prefect API), the scheduler on `sched`, one
+worker each on `w1` and `w2`. Tasks report the address of the host they ran on. Mid-run, `w2` is
+cut off the network; the run must still complete on `w1` with nothing lost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from helpers import REPO
+from netns import Hosts, unavailable_reason
+
+REASON = unavailable_reason()
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(REASON is not None, reason=f"no test hosts: {REASON}")]
+
+BIN = Path(sys.executable).parent
+API = "http://10.77.0.10:4200/api"
+SCHEDULER = "tcp://10.77.0.1:8786"
+
+
+@pytest.fixture(scope="module")
+def hosts():
+    topology = Hosts({"flow": 10, "sched": 1, "w1": 11, "w2": 12}).up()
+    try:
+        yield topology
+    finally:
+        topology.down()
+
+
+def clean_env(tmp: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SCALEGROUPS_", "PREFECT_", "DASK_"))}
+    env.update(
+        PYTHONPATH=str(REPO),
+        PREFECT_HOME=str(tmp / "prefect-home"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        SCALEGROUPS_TEST_MARKER=uuid.uuid4().hex,
+        **extra,
+    )
+    return env
+
+
+def wait_for_line(log: Path, text: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if log.exists() and text in log.read_text(errors="replace"):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_dask_across_hosts_survives_a_host_cut_off(hosts, tmp_path):
+    env = clean_env(tmp_path)
+    hosts.spawn(
+        "flow",
+        [str(BIN / "prefect"), "server", "start", "--host", "0.0.0.0", "--port", "4200"],
+        {**env, "PREFECT_UI_ENABLED": "false"},
+        str(tmp_path / "server.log"),
+    )
+    hosts.spawn(
+        "sched",
+        [str(BIN / "dask"), "scheduler", "--host", "10.77.0.1", "--port", "8786", "--no-dashboard"],
+        {**env, "DASK_DISTRIBUTED__SCHEDULER__WORKER_TTL": "5s"},
+        str(tmp_path / "scheduler.log"),
+    )
+    for worker in ("w1", "w2"):
+        hosts.spawn(
+            worker,
+            [
+                str(BIN / "dask"),
+                "worker",
+                SCHEDULER,
+                "--host",
+                hosts.addresses[worker],
+                "--name",
+                worker,
+                "--nthreads",
+                "1",
+                "--nworkers",
+                "1",
+                "--no-dashboard",
+            ],
+            {**env, "PREFECT_API_URL": API},
+            str(tmp_path / f"{worker}.log"),
+        )
+    flow_env = {**env, "PREFECT_API_URL": API, "SCALEGROUPS_RUNNER": "dask", "SCALEGROUPS_ADDRESS": SCHEDULER}
+    ready = hosts.run("flow", [str(BIN / "scalegroups"), "wait", "--timeout", "180"], flow_env, timeout=200)
+    assert ready.returncode == 0, ready.stderr + (tmp_path / "server.log").read_text()[-2000:]
+    for worker in ("w1", "w2"):
+        assert wait_for_line(tmp_path / f"{worker}.log", "Registered to", 60), f"{worker} did not join"
+
+    flow_log = tmp_path / "flow.log"
+    flow = hosts.spawn(
+        "flow", [sys.executable, str(REPO / "tests" / "multihost_flow.py"), "40", "0.4"], flow_env, str(flow_log)
+    )
+    assert wait_for_line(flow_log, "SUBMITTED", 120), flow_log.read_text()[-3000:]
+    time.sleep(2.5)  # both workers are busy now
+    hosts.cut("w2")
+    flow.wait(timeout=240)
+    output = flow_log.read_text(errors="replace")
+    lines = [line for line in output.splitlines() if line.startswith("RESULT ")]
+    assert flow.returncode == 0 and lines, output[-3000:]
+    outcome = json.loads(lines[-1][len("RESULT ") :])
+    assert outcome["failures"] == {}
+    assert sorted(map(int, outcome["results"])) == list(range(40)), "items went missing"
+    ran_on = set(outcome["results"].values())
+    assert ran_on == {"10.77.0.11", "10.77.0.12"}, f"tasks ran on {ran_on}, not on both worker hosts"
+    assert "10.77.0.10" not in ran_on
