@@ -127,6 +127,51 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Run a user's flow on each runner (one shared API server) and print which is fastest."""
+    import statistics
+    import time
+
+    from scalegroups.flows import CallTimeRunnerFlow
+    from scalegroups.runners import build_task_runner, resolve_runner
+    from scalegroups.server import shared_api
+
+    params = _parse_params(args.param)
+    flow = load_flow(args.target)
+    timings: dict[str, float | str] = {}
+    with shared_api():
+        for runner_name in args.runners.split(","):
+            os.environ["SCALEGROUPS_RUNNER"] = runner_name
+            runs = []
+            try:
+                for _ in range(args.repeats):
+                    candidate = flow
+                    if not isinstance(flow, CallTimeRunnerFlow):
+                        candidate = flow.with_options(task_runner=build_task_runner(resolve_runner()))
+                    started = time.perf_counter()
+                    candidate(**params)
+                    runs.append(time.perf_counter() - started)
+                timings[runner_name] = statistics.median(runs)
+            except Exception as exc:  # one runner failing must not hide the others' numbers
+                timings[runner_name] = f"failed: {type(exc).__name__}: {exc}"
+            value = timings[runner_name]
+            shown = value if isinstance(value, str) else f"{value:.2f} s"
+            print(f"{runner_name:8} {shown}", file=sys.stderr, flush=True)
+    measured = {name: t for name, t in timings.items() if isinstance(t, float)}
+    print(f"{'runner':8} {'seconds':>9}  vs fastest")
+    best = min(measured.values()) if measured else None
+    for name, value in timings.items():
+        if isinstance(value, float):
+            print(f"{name:8} {value:9.2f}  {value / best:5.2f}x")
+        else:
+            print(f"{name:8} {value}")
+    if best is None:
+        return 1
+    fastest = min(measured, key=measured.__getitem__)
+    print(f"fastest: {fastest} (median of {args.repeats}, flow call to return, engine start included)")
+    return 0
+
+
 def cmd_wait(args: argparse.Namespace) -> int:
     """Wait until the Prefect API and the resolved runner's cluster address answer."""
     from scalegroups.network import check_http_ok, wait_until
@@ -196,6 +241,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--json", action="store_true", help="print the flow's result as JSON")
     run.set_defaults(handler=cmd_run)
+
+    bench = commands.add_parser("bench", help="run FILE.py:FLOW on each runner and report the fastest")
+    bench.add_argument("target", help="path/to/file.py:flow_name")
+    bench.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="flow parameter; repeatable")
+    bench.add_argument("--runners", default="thread,process,dask,ray", help="comma-separated (default: all four)")
+    bench.add_argument("--repeats", type=int, default=1, help="calls per runner; the median is reported")
+    bench.set_defaults(handler=cmd_bench)
 
     limits = commands.add_parser("limits", help="concurrency limits on the Prefect server")
     limits_commands = limits.add_subparsers(dest="limits_command", required=True)

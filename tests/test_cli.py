@@ -75,3 +75,26 @@ def test_the_leak_scan_sees_a_live_marked_process():
         child.kill()
         child.wait()
     assert processes_with_marker("probe-marker") == []
+
+
+def test_bench_reports_each_runner_and_the_fastest():
+    out, marker = run_python(
+        [
+            "-m",
+            "scalegroups.cli",
+            "bench",
+            "examples/primes.py:count_primes",
+            "--runners",
+            "thread,dask",
+            "--param",
+            "chunks=2",
+            "--param",
+            "chunk_size=5000",
+        ],
+        env={"SCALEGROUPS_MAX_WORKERS": "2"},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = {line.split()[0]: line for line in out.stdout.splitlines()}
+    assert {"thread", "dask"} <= set(rows)
+    assert out.stdout.strip().splitlines()[-1].startswith("fastest: ")
+    assert processes_with_marker(marker) == []

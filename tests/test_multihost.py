@@ -26,7 +26,7 @@ API = "http://10.77.0.10:4200/api"
 SCHEDULER = "tcp://10.77.0.1:8786"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def hosts():
     topology = Hosts({"flow": 10, "sched": 1, "w1": 11, "w2": 12}).up()
     try:
@@ -96,6 +96,11 @@ def test_dask_across_hosts_survives_a_host_cut_off(hosts, tmp_path):
     for worker in ("w1", "w2"):
         assert wait_for_line(tmp_path / f"{worker}.log", "Registered to", 60), f"{worker} did not join"
 
+    run_cut_and_check(hosts, tmp_path, flow_env)
+
+
+def run_cut_and_check(hosts: Hosts, tmp_path: Path, flow_env: dict[str, str]) -> None:
+    """Run 40 items from the flow host, cut w2 off mid-run, check every item ran on a worker host."""
     flow_log = tmp_path / "flow.log"
     flow = hosts.spawn(
         "flow", [sys.executable, str(REPO / "tests" / "multihost_flow.py"), "40", "0.4"], flow_env, str(flow_log)
@@ -113,3 +118,63 @@ def test_dask_across_hosts_survives_a_host_cut_off(hosts, tmp_path):
     ran_on = set(outcome["results"].values())
     assert ran_on == {"10.77.0.11", "10.77.0.12"}, f"tasks ran on {ran_on}, not on both worker hosts"
     assert "10.77.0.10" not in ran_on
+
+
+def test_ray_across_hosts_survives_a_host_cut_off(hosts, tmp_path):
+    token = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex + uuid.uuid4().hex}
+    env = clean_env(tmp_path, **token)
+    hosts.spawn(
+        "flow",
+        [str(BIN / "prefect"), "server", "start", "--host", "0.0.0.0", "--port", "4200"],
+        {**env, "PREFECT_UI_ENABLED": "false"},
+        str(tmp_path / "server.log"),
+    )
+    # a node that stops answering health checks is declared dead after ~3 s instead of ~15 s
+    Path("/tmp/sgt-sched").mkdir(exist_ok=True)
+    fast_failure = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"}
+    hosts.spawn(
+        "sched",
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=10.77.0.1",
+            "--port=6379",
+            "--ray-client-server-port=10001",
+            "--num-cpus=0",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+        ],
+        {**env, **fast_failure, "TMPDIR": "/tmp/sgt-sched"},
+        str(tmp_path / "head.log"),
+    )
+    for worker in ("w1", "w2"):
+        Path(f"/tmp/sgt-{worker}").mkdir(exist_ok=True)  # short TMPDIRs: Ray keeps unix sockets there
+        hosts.spawn(
+            worker,
+            [
+                str(BIN / "ray"),
+                "start",
+                "--block",
+                "--address=10.77.0.1:6379",
+                f"--node-ip-address={hosts.addresses[worker]}",
+                "--num-cpus=1",
+                "--disable-usage-stats",
+            ],
+            {**env, "PREFECT_API_URL": API, "TMPDIR": f"/tmp/sgt-{worker}"},
+            str(tmp_path / f"{worker}.log"),
+        )
+    flow_env = {
+        **env,
+        "PREFECT_API_URL": API,
+        "SCALEGROUPS_RUNNER": "ray",
+        "SCALEGROUPS_ADDRESS": "ray://10.77.0.1:10001",
+    }
+    ready = hosts.run("flow", [str(BIN / "scalegroups"), "wait", "--timeout", "180"], flow_env, timeout=200)
+    assert ready.returncode == 0, ready.stderr + (tmp_path / "head.log").read_text()[-2000:]
+    for worker in ("w1", "w2"):
+        assert wait_for_line(tmp_path / f"{worker}.log", "Ray runtime started", 90), (
+            tmp_path / f"{worker}.log"
+        ).read_text()[-2000:]
+    run_cut_and_check(hosts, tmp_path, flow_env)
