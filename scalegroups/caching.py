@@ -1,4 +1,4 @@
-"""Cache defaults for tasks submitted through a scalegroups runner.
+"""How tasks submitted through a scalegroups runner are prepared: cache default and group run name.
 
 Prefect's default cache policy (inputs + task source + flow run id) hashes every argument of every
 task run: 0.3-0.7 s per 50 MB argument on a small machine. With result persistence off (Prefect's
@@ -18,7 +18,7 @@ from prefect.cache_policies import DEFAULT, NO_CACHE
 from prefect.settings import get_current_settings
 from prefect.utilities.annotations import NotSet
 
-_replacements: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+_replacements: weakref.WeakKeyDictionary[Any, dict[str | None, Any]] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
 
 
@@ -34,13 +34,25 @@ def hashes_for_nothing(task: Any) -> bool:
     return not persist
 
 
-def without_wasted_hashing(task: Any) -> Any:
-    """The task itself, or (once per task object) a copy with `NO_CACHE` if hashing is wasted."""
+def prepared(task: Any, group: str | None = None) -> Any:
+    """The task as submitted: `NO_CACHE` where hashing is wasted, and, inside a group, run names
+    `<group>/<task>` (a run name costs nothing; a tag would cost an API call per task run, since
+    Prefect's engine asks the server for a concurrency slot for every tag). Cached per task object."""
     try:
-        return _replacements[task]
+        return _replacements[task][group]
     except KeyError:
         pass
     with _lock:
-        replacement = task.with_options(cache_policy=NO_CACHE) if hashes_for_nothing(task) else task
-        _replacements[task] = replacement
+        options: dict[str, Any] = {}
+        if hashes_for_nothing(task):
+            options["cache_policy"] = NO_CACHE
+        if group is not None and task.task_run_name is None:
+            options["task_run_name"] = f"{group}/{task.name}".replace("{", "{{").replace("}", "}}")
+        replacement = task.with_options(**options) if options else task
+        _replacements.setdefault(task, {})[group] = replacement
     return replacement
+
+
+def without_wasted_hashing(task: Any) -> Any:
+    """The task itself, or (once per task object) a copy with `NO_CACHE` if hashing is wasted."""
+    return prepared(task, None)

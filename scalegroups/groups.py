@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
+from contextvars import ContextVar
 from typing import Any, Generic, ParamSpec
 
 from prefect import tags
@@ -25,6 +26,8 @@ from scalegroups.errors import GroupTimeoutError, OrchestrationError
 from scalegroups.resources import Resources, parse_resources
 
 P = ParamSpec("P")
+#: the group whose function is running (its tasks are named "<group>/<task>")
+current_group: ContextVar[str | None] = ContextVar("scalegroups_current_group", default=None)
 FINAL = "final"
 GroupObserver = Callable[[str, "GroupRun"], None]
 _observers: list[GroupObserver] = []
@@ -231,7 +234,7 @@ class Group(Generic[P]):
         self.name = name or fn.__name__
         self.limits = limits_module.declare(limits or {}, self.name)
         self.resources = parse_resources(resources)
-        self.tags = (f"group:{self.name}", *tags, *self.limits)
+        self.tags = (*tags, *self.limits)
 
     def __repr__(self) -> str:
         return f"Group({self.name!r})"
@@ -252,8 +255,12 @@ class Group(Generic[P]):
 
     def _run(self, key: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> GroupRun:
         runner = getattr(FlowRunContext.get(), "task_runner", None)
-        with tags(*self.tags), self._engine_context():
-            returned = self.fn(*args, **kwargs)
+        token = current_group.set(self.name)
+        try:
+            with tags(*self.tags), self._engine_context():
+                returned = self.fn(*args, **kwargs)
+        finally:
+            current_group.reset(token)
         return GroupRun(
             self.name, key, returned, timeout=self.timeout, canceller=getattr(runner, "cancel_futures", None)
         )

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 from prefect.context import TaskRunContext
 
 from scalegroups import context_cache
-from scalegroups.caching import without_wasted_hashing
+from scalegroups.caching import prepared
 from scalegroups.errors import OrchestrationError
 from scalegroups.resources import Resources
 from scalegroups.server import shared_api
@@ -90,4 +90,6 @@ class EngineRunnerMixin:
 
     def submit(self, task: Any, *args: Any, **kwargs: Any) -> Any:
         refuse_inside_task(f"task {task.name!r} was submitted")
-        return super().submit(without_wasted_hashing(task), *args, **kwargs)  # type: ignore[misc]
+        from scalegroups.groups import current_group
+
+        return super().submit(prepared(task, current_group.get()), *args, **kwargs)  # type: ignore[misc]
