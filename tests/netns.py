@@ -96,6 +96,14 @@ class Hosts:
         """Take the host off the network (delete its link on the switch)."""
         _ip("link", "del", f"{PREFIX}{host}b", ns=self.switch)
 
+    def kill_all(self, host: str) -> int:
+        """Kill every process running in the host's namespace (the host dies); return how many."""
+        pids = subprocess.run(["ip", "netns", "pids", self.ns(host)], capture_output=True, text=True).stdout.split()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+        return len(pids)
+
     def stop(self, proc: subprocess.Popen[str]) -> None:
         for sig in (signal.SIGTERM, signal.SIGKILL):
             if proc.poll() is not None:

@@ -99,15 +99,19 @@ def test_dask_across_hosts_survives_a_host_cut_off(hosts, tmp_path):
     run_cut_and_check(hosts, tmp_path, flow_env)
 
 
-def run_cut_and_check(hosts: Hosts, tmp_path: Path, flow_env: dict[str, str]) -> None:
-    """Run 40 items from the flow host, cut w2 off mid-run, check every item ran on a worker host."""
+def run_cut_and_check(hosts: Hosts, tmp_path: Path, flow_env: dict[str, str], kill: bool = False) -> None:
+    """Run 40 items from the flow host; mid-run cut w2 off the network (or kill everything on it);
+    check that every item completed and ran on a worker host."""
     flow_log = tmp_path / "flow.log"
     flow = hosts.spawn(
         "flow", [sys.executable, str(REPO / "tests" / "multihost_flow.py"), "40", "0.4"], flow_env, str(flow_log)
     )
     assert wait_for_line(flow_log, "SUBMITTED", 120), flow_log.read_text()[-3000:]
     time.sleep(2.5)  # both workers are busy now
-    hosts.cut("w2")
+    if kill:
+        assert hosts.kill_all("w2") > 0
+    else:
+        hosts.cut("w2")
     flow.wait(timeout=240)
     output = flow_log.read_text(errors="replace")
     lines = [line for line in output.splitlines() if line.startswith("RESULT ")]
@@ -145,6 +149,7 @@ def test_ray_across_hosts_survives_a_host_cut_off(hosts, tmp_path):
             "--num-cpus=0",
             "--include-dashboard=false",
             "--disable-usage-stats",
+            "--temp-dir=/tmp/sgt-sched",
         ],
         {**env, **fast_failure, "TMPDIR": "/tmp/sgt-sched"},
         str(tmp_path / "head.log"),
@@ -161,6 +166,7 @@ def test_ray_across_hosts_survives_a_host_cut_off(hosts, tmp_path):
                 f"--node-ip-address={hosts.addresses[worker]}",
                 "--num-cpus=1",
                 "--disable-usage-stats",
+                f"--temp-dir=/tmp/sgt-{worker}",  # the hosts share this machine's disk: a folder each
             ],
             {**env, "PREFECT_API_URL": API, "TMPDIR": f"/tmp/sgt-{worker}"},
             str(tmp_path / f"{worker}.log"),
@@ -177,4 +183,4 @@ def test_ray_across_hosts_survives_a_host_cut_off(hosts, tmp_path):
         assert wait_for_line(tmp_path / f"{worker}.log", "Ray runtime started", 90), (
             tmp_path / f"{worker}.log"
         ).read_text()[-2000:]
-    run_cut_and_check(hosts, tmp_path, flow_env)
+    run_cut_and_check(hosts, tmp_path, flow_env, kill=True)
