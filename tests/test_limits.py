@@ -68,7 +68,8 @@ def test_limit_holds_across_worker_processes(scalegroups_runner):
 
     @scalegroups.flow
     def run() -> list:
-        return [run.result() for run in scalegroups.as_completed(group.map(range(100), seconds=0.05))]
+        # 0.3 s per task: long enough next to Prefect's per-task overhead for two slots to be held at once
+        return [run.result() for run in scalegroups.as_completed(group.map(range(100), seconds=0.3))]
 
     results = run()
     assert len(results) == 100
@@ -100,7 +101,7 @@ def test_dask_refuses_resources_no_worker_has(scalegroups_runner):
 
 @scalegroups.group(resources={"cpu": 1})
 def one_cpu(_: int):
-    return timed_sleep.submit(0.3)
+    return timed_sleep.submit(2.0)  # longer than Ray takes to start a second worker process
 
 
 @scalegroups.flow
