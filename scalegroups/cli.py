@@ -205,10 +205,10 @@ def cmd_limits_sync(args: argparse.Namespace) -> int:
         runpy.run_path(file_name, run_name="__scalegroups_limits__")
     profile = load_profile(args.profile or read_env().profile or DEFAULT_PROFILE)
     wanted = {**limits.DECLARED, **profile.limits}
-    if not wanted:
+    if not wanted and not limits.DECLARED_RATES:
         print("no limits declared (in the files' groups or the profile's limits: section)", file=sys.stderr)
         return 0
-    for line in limits.sync(wanted):
+    for line in [*limits.sync(wanted), *limits.sync_rates(limits.DECLARED_RATES)]:
         print(line)
     return 0
 

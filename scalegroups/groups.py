@@ -28,6 +28,8 @@ from scalegroups.resources import Resources, parse_resources
 P = ParamSpec("P")
 #: the group whose function is running (its tasks are named "<group>/<task>")
 current_group: ContextVar[str | None] = ContextVar("scalegroups_current_group", default=None)
+#: rate limits of the running group: the runner takes a slot of each before submitting a task
+current_rates: ContextVar[tuple[str, ...]] = ContextVar("scalegroups_current_rates", default=())
 FINAL = "final"
 GroupObserver = Callable[[str, "GroupRun"], None]
 _observers: list[GroupObserver] = []
@@ -225,6 +227,7 @@ class Group(Generic[P]):
         limits: Mapping[str, int] | None = None,
         resources: Mapping[str, Any] | Resources | None = None,
         timeout: float | None = None,
+        rate_limits: Mapping[str, float] | None = None,
     ):
         functools.update_wrapper(self, fn)
         if timeout is not None and timeout <= 0:
@@ -233,6 +236,7 @@ class Group(Generic[P]):
         self.fn = fn
         self.name = name or fn.__name__
         self.limits = limits_module.declare(limits or {}, self.name)
+        self.rate_limits = limits_module.declare_rates(rate_limits or {}, self.name)
         self.resources = parse_resources(resources)
         self.tags = (*tags, *self.limits)
 
@@ -256,10 +260,12 @@ class Group(Generic[P]):
     def _run(self, key: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> GroupRun:
         runner = getattr(FlowRunContext.get(), "task_runner", None)
         token = current_group.set(self.name)
+        rates_token = current_rates.set(tuple(self.rate_limits))
         try:
             with tags(*self.tags), self._engine_context():
                 returned = self.fn(*args, **kwargs)
         finally:
+            current_rates.reset(rates_token)
             current_group.reset(token)
         return GroupRun(
             self.name, key, returned, timeout=self.timeout, canceller=getattr(runner, "cancel_futures", None)
@@ -268,7 +274,7 @@ class Group(Generic[P]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> GroupRun:
         """Run the group function once; its first argument (if any) becomes `run.key`."""
         self._check_context()
-        limits_module.require(self.limits, self.name)
+        limits_module.require(self.limits, self.name, self.rate_limits)
         return self._run(args[0] if args else None, args, kwargs)
 
     def map(
@@ -284,7 +290,7 @@ class Group(Generic[P]):
         submitting anything still yields a run, done and failed with that exception.
         """
         self._check_context()
-        limits_module.require(self.limits, self.name)
+        limits_module.require(self.limits, self.name, self.rate_limits)
         runs = []
         for item in items:
             run_key = key(item) if key else item
@@ -305,6 +311,7 @@ def group(
     limits: Mapping[str, int] | None = None,
     resources: Mapping[str, Any] | None = None,
     timeout: float | None = None,
+    rate_limits: Mapping[str, float] | None = None,
 ) -> Any:
     """Decorator: turn a function that submits tasks and returns their futures into a `Group`.
 
@@ -313,10 +320,13 @@ def group(
     what each task needs, mapped to Ray remote options or Dask worker resources. `timeout=30`: a run
     not done after 30 s is failed with `GroupTimeoutError` and its unfinished tasks are cancelled
     (Ray ends their worker processes; Dask cancels pending ones and restarts workers running one).
+    `rate_limits={"api": 5}`: at most 5 of the group's tasks start per second, across all flows.
     """
 
     def make(f: Callable[P, Any]) -> Group[P]:
-        return Group(f, name=name, tags=tags, limits=limits, resources=resources, timeout=timeout)
+        return Group(
+            f, name=name, tags=tags, limits=limits, resources=resources, timeout=timeout, rate_limits=rate_limits
+        )
 
     return make if fn is None else make(fn)
 

@@ -11,10 +11,17 @@ sync` creates or updates them from the groups in a file and the profile's `limit
 
 A task waiting for a slot holds its engine worker (Prefect acquires inside the worker); the flow
 is not blocked and other groups' tasks keep every other worker busy.
+
+Rate limits, `@group(rate_limits={"api": 5})`: at most 5 of the group's tasks start per second
+(bursts of up to 5), across every flow using the limit. They are global concurrency limits
+`rate:api` with `limit=ceil(rate)` and `slot_decay_per_second=rate`; the flow takes a slot with
+Prefect's `rate_limit(strict=True)` before it submits each task, so a throttled task never
+occupies an engine worker while it waits.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections.abc import Iterable, Mapping
@@ -25,6 +32,50 @@ from scalegroups.errors import ConfigurationError, OrchestrationError
 DECLARED: dict[str, int] = {}
 _verified: set[tuple[str, str]] = set()
 _lock = threading.Lock()
+
+
+#: rate-limit name -> tasks per second
+DECLARED_RATES: dict[str, float] = {}
+
+
+def rate_gcl_name(limit: str) -> str:
+    """The Prefect global concurrency limit (with slot decay) behind rate limit `limit`."""
+    return f"rate:{limit}"
+
+
+def declare_rates(rates: Mapping[str, float], owner: str) -> dict[str, float]:
+    """Validate and register a group's rate limits (tasks per second)."""
+    checked: dict[str, float] = {}
+    for name, rate in rates.items():
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or rate <= 0:
+            raise ConfigurationError(f"group {owner!r}: rate limit {name!r} must be a positive number, got {rate!r}")
+        if DECLARED_RATES.get(name, rate) != rate:
+            raise ConfigurationError(
+                f"group {owner!r}: rate limit {name!r} = {rate}/s conflicts with "
+                f"{DECLARED_RATES[name]}/s declared elsewhere"
+            )
+        checked[name] = float(rate)
+    DECLARED_RATES.update(checked)
+    return checked
+
+
+def sync_rates(rates: Mapping[str, float]) -> list[str]:
+    """Create or update the server's rate limits (limits with slot decay)."""
+    from prefect import get_client
+
+    written = []
+    with get_client(sync_client=True) as client:
+        for name, rate in sorted(rates.items()):
+            client.upsert_global_concurrency_limit_by_name(rate_gcl_name(name), math.ceil(rate), rate)
+            written.append(f"{rate_gcl_name(name)} = {rate}/s")
+    return written
+
+
+def acquire_rates(names: Iterable[str]) -> None:
+    """Take one slot of each rate limit (blocks the caller until the rate allows)."""
+    from prefect.concurrency.sync import rate_limit
+
+    rate_limit([rate_gcl_name(name) for name in names], occupy=1, strict=True)
 
 
 def gcl_name(limit: str) -> str:
@@ -63,33 +114,43 @@ def _auto_sync() -> bool:
     return os.environ.get("SCALEGROUPS_SYNC_LIMITS", "").lower() in {"1", "true", "yes"}
 
 
-def require(limits: Mapping[str, int], owner: str) -> None:
-    """Make sure each limit exists on the server (strict), creating it if auto-sync is on."""
+def require(limits: Mapping[str, int], owner: str, rates: Mapping[str, float] | None = None) -> None:
+    """Make sure each limit (and rate limit) exists on the server, creating it if auto-sync is on."""
+    wanted = {gcl_name(name): (slots, None) for name, slots in limits.items()}
+    wanted |= {rate_gcl_name(name): (math.ceil(rate), rate) for name, rate in (rates or {}).items()}
+    _require(wanted, owner)
+
+
+def _require(wanted: Mapping[str, tuple[int, float | None]], owner: str) -> None:
     from prefect import get_client
     from prefect.exceptions import ObjectNotFound
 
     from scalegroups.server import configured_api_url
 
     api = configured_api_url() or "(temporary server)"
-    pending = [name for name in limits if (api, name) not in _verified]
+    pending = [name for name in wanted if (api, name) not in _verified]
     if not pending:
         return
     with get_client(sync_client=True) as client:
         for name in pending:
+            slots, decay = wanted[name]
             try:
-                current = client.read_global_concurrency_limit_by_name(gcl_name(name))
+                current = client.read_global_concurrency_limit_by_name(name)
             except ObjectNotFound:
                 if not _auto_sync():
+                    decay_flag = f" --slot-decay-per-second {decay}" if decay else ""
                     raise OrchestrationError(
-                        f"group {owner!r} needs concurrency limit {gcl_name(name)!r}, which does not exist on "
-                        f"the Prefect server at {api}; Prefect would run the tasks unthrottled. Create it with "
-                        f"`scalegroups limits sync` (or `prefect gcl create {gcl_name(name)} --limit {limits[name]}`),"
-                        " or set SCALEGROUPS_SYNC_LIMITS=1 to create declared limits when flows run."
+                        f"group {owner!r} needs concurrency limit {name!r}, which does not exist on the Prefect "
+                        f"server at {api}; Prefect would run the tasks unthrottled. Create it with "
+                        f"`scalegroups limits sync` (or `prefect gcl create {name} --limit {slots}{decay_flag}`), "
+                        "or set SCALEGROUPS_SYNC_LIMITS=1 to create declared limits when flows run."
                     ) from None
-                client.upsert_global_concurrency_limit_by_name(gcl_name(name), limits[name])
+                client.upsert_global_concurrency_limit_by_name(name, slots, decay)
             else:
                 if not current.active:
-                    raise OrchestrationError(f"concurrency limit {gcl_name(name)!r} is inactive: activate it")
+                    raise OrchestrationError(f"concurrency limit {name!r} is inactive: activate it")
+                if decay and not current.slot_decay_per_second:
+                    raise OrchestrationError(f"rate limit {name!r} has no slot decay: it would never refill")
             with _lock:
                 _verified.add((api, name))
 

@@ -118,3 +118,44 @@ def test_one_cpu_each_uses_both_workers(scalegroups_runner):
 def test_bad_resources_are_refused():
     with pytest.raises(ConfigurationError, match="invalid resources"):
         scalegroups.group(resources={"cpus": 2})(lambda x: x)
+
+
+def test_rate_limit_is_honoured(scalegroups_prefect_api):
+    """4 tasks per second, bursts of 4: 20 tasks cannot start faster than that."""
+    name = f"rate-{uuid.uuid4().hex[:8]}"
+    limits_module.declare_rates({name: 4}, "test")
+    limits_module.sync_rates({name: 4})
+
+    @scalegroups.group(name=f"rated-{name}", rate_limits={name: 4})
+    def rated(_: int):
+        return timed_sleep.submit(0)
+
+    @scalegroups.flow
+    def run() -> list:
+        return [r.result() for r in rated.map(range(20))]
+
+    starts = sorted(start for start, _, _ in run())
+    # every window of 1 s holds at most burst (4) + refill (4) starts, with one of tolerance
+    assert max(sum(1 for t in starts if s <= t < s + 1.0) for s in starts) <= 9
+    # and 20 starts at 4/s after a burst of 4 take at least (20 - 4) / 4 = 4 s (10% tolerance)
+    assert starts[-1] - starts[0] >= 3.6
+
+
+def test_rate_limit_without_decay_is_refused(scalegroups_prefect_api, monkeypatch):
+    monkeypatch.delenv("SCALEGROUPS_SYNC_LIMITS", raising=False)
+    name = f"nodecay-{uuid.uuid4().hex[:8]}"
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        client.upsert_global_concurrency_limit_by_name(f"rate:{name}", 2)
+
+    @scalegroups.group(name=f"nodecay-{name}", rate_limits={name: 2})
+    def rated(_: int):
+        return timed_sleep.submit(0)
+
+    @scalegroups.flow
+    def run() -> None:
+        rated(1)
+
+    with pytest.raises(OrchestrationError, match="has no slot decay"):
+        run()

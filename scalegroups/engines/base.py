@@ -13,6 +13,7 @@ from prefect.context import TaskRunContext
 from scalegroups import context_cache
 from scalegroups.caching import prepared
 from scalegroups.errors import OrchestrationError
+from scalegroups.limits import acquire_rates
 from scalegroups.resources import Resources
 from scalegroups.server import shared_api
 
@@ -90,6 +91,8 @@ class EngineRunnerMixin:
 
     def submit(self, task: Any, *args: Any, **kwargs: Any) -> Any:
         refuse_inside_task(f"task {task.name!r} was submitted")
-        from scalegroups.groups import current_group
+        from scalegroups.groups import current_group, current_rates
 
+        if rates := current_rates.get():
+            acquire_rates(rates)  # the flow waits for the rate, not an engine worker
         return super().submit(prepared(task, current_group.get()), *args, **kwargs)  # type: ignore[misc]
