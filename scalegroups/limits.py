@@ -61,14 +61,7 @@ def declare_rates(rates: Mapping[str, float], owner: str) -> dict[str, float]:
 
 def sync_rates(rates: Mapping[str, float]) -> list[str]:
     """Create or update the server's rate limits (limits with slot decay)."""
-    from prefect import get_client
-
-    written = []
-    with get_client(sync_client=True) as client:
-        for name, rate in sorted(rates.items()):
-            client.upsert_global_concurrency_limit_by_name(rate_gcl_name(name), math.ceil(rate), rate)
-            written.append(f"{rate_gcl_name(name)} = {rate}/s")
-    return written
+    return _upsert(_wanted({}, rates))
 
 
 def acquire_rates(names: Iterable[str]) -> None:
@@ -100,13 +93,24 @@ def declare(limits: Mapping[str, int], owner: str) -> dict[str, int]:
 
 def sync(limits: Mapping[str, int]) -> list[str]:
     """Create or update the server's global concurrency limits; return what was written."""
+    return _upsert(_wanted(limits, {}))
+
+
+def _wanted(limits: Mapping[str, int], rates: Mapping[str, float]) -> dict[str, tuple[int, float | None]]:
+    """Server limit name -> (slots, slot decay per second) for concurrency and rate limits."""
+    wanted: dict[str, tuple[int, float | None]] = {gcl_name(name): (slots, None) for name, slots in limits.items()}
+    wanted |= {rate_gcl_name(name): (math.ceil(rate), rate) for name, rate in rates.items()}
+    return wanted
+
+
+def _upsert(wanted: Mapping[str, tuple[int, float | None]]) -> list[str]:
     from prefect import get_client
 
     written = []
     with get_client(sync_client=True) as client:
-        for name, slots in sorted(limits.items()):
-            client.upsert_global_concurrency_limit_by_name(gcl_name(name), slots)
-            written.append(f"{gcl_name(name)} = {slots}")
+        for name, (slots, decay) in sorted(wanted.items()):
+            client.upsert_global_concurrency_limit_by_name(name, slots, decay)
+            written.append(f"{name} = {slots}" + (f" (slot decay {decay}/s)" if decay else ""))
     return written
 
 
@@ -116,9 +120,7 @@ def _auto_sync() -> bool:
 
 def require(limits: Mapping[str, int], owner: str, rates: Mapping[str, float] | None = None) -> None:
     """Make sure each limit (and rate limit) exists on the server, creating it if auto-sync is on."""
-    wanted = {gcl_name(name): (slots, None) for name, slots in limits.items()}
-    wanted |= {rate_gcl_name(name): (math.ceil(rate), rate) for name, rate in (rates or {}).items()}
-    _require(wanted, owner)
+    _require(_wanted(limits, rates or {}), owner)
 
 
 def _require(wanted: Mapping[str, tuple[int, float | None]], owner: str) -> None:
