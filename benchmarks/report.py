@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import statistics
-from typing import Any
 
 CONFIGS = ["raw", "prefect", "scalegroups"]
 
@@ -166,8 +165,3 @@ def render(results: dict, cfg: dict, serial: float, machine: dict, elapsed: floa
         lines.append(_check(ok, f"{e}: first result {_fmt(sg)} s ≤ raw start {_fmt(raw)} s + 2 s"))
     lines.append("")
     return "\n".join(lines)
-
-
-def summary_rows(results: dict[str, Any]) -> int:
-    """Number of configurations that produced timings (for the smoke test)."""
-    return sum(isinstance(v, dict) for e in results.values() for v in e.values())

@@ -51,8 +51,3 @@ def prepared(task: Any, group: str | None = None) -> Any:
         replacement = task.with_options(**options) if options else task
         _replacements.setdefault(task, {})[group] = replacement
     return replacement
-
-
-def without_wasted_hashing(task: Any) -> Any:
-    """The task itself, or (once per task object) a copy with `NO_CACHE` if hashing is wasted."""
-    return prepared(task, None)

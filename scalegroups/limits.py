@@ -155,12 +155,3 @@ def _require(wanted: Mapping[str, tuple[int, float | None]], owner: str) -> None
                     raise OrchestrationError(f"rate limit {name!r} has no slot decay: it would never refill")
             with _lock:
                 _verified.add((api, name))
-
-
-def forget_verified(names: Iterable[str] | None = None) -> None:
-    """Check these limits (default: all) on the server again at their next use."""
-    with _lock:
-        if names is None:
-            _verified.clear()
-        else:
-            _verified.difference_update({key for key in _verified if key[1] in set(names)})

@@ -7,14 +7,12 @@ profile's section for the engine > built-in defaults.
 from __future__ import annotations
 
 import os
-from typing import Literal
 
 from pydantic import PositiveInt, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from scalegroups.errors import ConfigurationError
 
-RunnerName = Literal["thread", "process", "dask", "ray"]
 RUNNER_NAMES: tuple[str, ...] = ("thread", "process", "dask", "ray")
 
 #: Prefect's default (20 s) is shorter than a first start on a fresh database on a small machine.

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -83,16 +84,29 @@ def kill_marked(marker: str) -> None:
             continue
 
 
+def marked_env(**extra: str) -> tuple[dict[str, str], str]:
+    """A child environment like a new user's (no SCALEGROUPS_*, no PREFECT_API_*), tagged with a fresh marker."""
+    marker = uuid.uuid4().hex
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SCALEGROUPS_", "PREFECT_API"))}
+    env.update(extra)
+    env.update(SCALEGROUPS_TEST_MARKER=marker, PYTHONPATH=str(REPO))
+    return env, marker
+
+
+def gone_within(marker: str, seconds: float) -> list[psutil.Process]:
+    """Wait up to `seconds` for every marked process to end; return those still alive."""
+    deadline = time.monotonic() + seconds
+    while (left := processes_with_marker(marker)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return left
+
+
 def run_python(args: list[str], env: dict[str, str] | None = None, timeout: float = 300):
     """Run `python ARGS` (or the CLI) in a fresh process tagged with a marker; return (proc, marker).
 
     The child gets no PREFECT_API_URL, like a new user's first run.
     """
-    marker = uuid.uuid4().hex
-    child_env = {k: v for k, v in os.environ.items() if not k.startswith(("SCALEGROUPS_", "PREFECT_API"))}
-    child_env.update(env or {})
-    child_env["SCALEGROUPS_TEST_MARKER"] = marker
-    child_env["PYTHONPATH"] = str(REPO)
+    child_env, marker = marked_env(**(env or {}))
     try:
         completed = subprocess.run(
             [sys.executable, *args],

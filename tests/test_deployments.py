@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
-import uuid
 
 import pytest
-from helpers import REPO, processes_with_marker
+from helpers import REPO, gone_within, marked_env
 
 import scalegroups
 
@@ -19,14 +17,7 @@ def served(scalegroups_prefect_api):
     """`python examples/deployments.py serve` (limit 4) against the session's API server."""
     from prefect import get_client
 
-    marker = uuid.uuid4().hex
-    env = {
-        **os.environ,
-        "PREFECT_API_URL": scalegroups_prefect_api,
-        "SERVE_LIMIT": "4",
-        "SCALEGROUPS_TEST_MARKER": marker,
-        "PYTHONPATH": str(REPO),
-    }
+    env, marker = marked_env(PREFECT_API_URL=scalegroups_prefect_api, SERVE_LIMIT="4")
     server = subprocess.Popen(
         [sys.executable, "examples/deployments.py", "serve"],
         cwd=REPO,
@@ -53,10 +44,7 @@ def served(scalegroups_prefect_api):
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
             server.kill()
-        deadline = time.monotonic() + 20
-        while processes_with_marker(marker) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert processes_with_marker(marker) == [], "served flow runs outlived the serve process"
+        assert gone_within(marker, 20) == [], "served flow runs outlived the serve process"
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ from helpers import double, size_and_pid, square_or_fail
 
 import scalegroups
 from scalegroups import FanOutError
-from scalegroups.caching import hashes_for_nothing, without_wasted_hashing
+from scalegroups.caching import hashes_for_nothing, prepared
 
 
 @scalegroups.flow
@@ -83,10 +83,10 @@ def test_default_cache_policy_is_dropped_only_when_nothing_is_cached():
     from prefect.cache_policies import INPUTS, NO_CACHE
 
     assert hashes_for_nothing(double)
-    assert without_wasted_hashing(double).cache_policy is NO_CACHE
-    assert without_wasted_hashing(double) is without_wasted_hashing(double)
+    assert prepared(double).cache_policy is NO_CACHE
+    assert prepared(double) is prepared(double)
     chosen = task(cache_policy=INPUTS, persist_result=True)(lambda x: x)
     persisted = task(persist_result=True)(lambda x: x)
     for kept in (chosen, persisted):
         assert not hashes_for_nothing(kept)
-        assert without_wasted_hashing(kept) is kept
+        assert prepared(kept) is kept

@@ -2,31 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 import time
-import uuid
 
 import pytest
-from helpers import REPO, kill_marked, processes_with_marker, run_python
-
-
-def marked_env(runner: str) -> tuple[dict[str, str], str]:
-    marker = uuid.uuid4().hex
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SCALEGROUPS_", "PREFECT_API"))}
-    env.update(
-        SCALEGROUPS_RUNNER=runner, SCALEGROUPS_MAX_WORKERS="2", SCALEGROUPS_TEST_MARKER=marker, PYTHONPATH=str(REPO)
-    )
-    return env, marker
-
-
-def gone_within(marker: str, seconds: float) -> list:
-    deadline = time.monotonic() + seconds
-    while (left := processes_with_marker(marker)) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    return left
+from helpers import REPO, gone_within, kill_marked, marked_env, processes_with_marker, run_python
 
 
 @pytest.mark.slow
@@ -40,7 +22,7 @@ def test_failed_flow_leaves_nothing(runner):
 @pytest.mark.slow
 @pytest.mark.parametrize("runner", ["process", "dask", "ray"])
 def test_keyboard_interrupt_leaves_nothing(runner):
-    env, marker = marked_env(runner)
+    env, marker = marked_env(SCALEGROUPS_RUNNER=runner, SCALEGROUPS_MAX_WORKERS="2")
     child = subprocess.Popen(
         [sys.executable, "tests/shutdown_flows.py", "forever"],
         cwd=REPO,

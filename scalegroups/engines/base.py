@@ -39,6 +39,12 @@ class EngineRunnerMixin:
     #: where the address came from, for error messages (set by the factory)
     address_source: str = "arguments"
 
+    def duplicate(self) -> Any:
+        """Prefect runs a copy of the runner per flow run: keep where the address came from."""
+        runner = super().duplicate()  # type: ignore[misc]
+        runner.address_source = self.address_source
+        return runner
+
     def preflight(self) -> None:
         """Check, fast, that the runner can start (e.g. that a cluster address answers)."""
 

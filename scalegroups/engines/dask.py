@@ -70,8 +70,3 @@ class DaskRunner(EngineRunnerMixin, DaskTaskRunner):
     def share(self, value: Any) -> Any:
         """Scatter `value` to the cluster once; tasks receive the data, not a copy per submit."""
         return self.client.scatter(value, hash=False)
-
-    def duplicate(self) -> DaskRunner:
-        runner = super().duplicate()
-        runner.address_source = self.address_source
-        return runner

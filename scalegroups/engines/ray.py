@@ -68,8 +68,3 @@ class RayRunner(EngineRunnerMixin, RayTaskRunner):
         import ray
 
         return ray.put(value)
-
-    def duplicate(self) -> RayRunner:
-        runner = super().duplicate()
-        runner.address_source = self.address_source
-        return runner
