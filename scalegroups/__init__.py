@@ -14,31 +14,46 @@
         return {run.key: run.result() for run in scalegroups.as_completed(runs)}
 
 The runner comes from `SCALEGROUPS_RUNNER` (thread, process, dask, ray) when `main` is called.
+Importing the package loads nothing else: each name below is imported on first use, and
+importing changes nothing in the environment or in Prefect's settings.
 """
 
-from scalegroups.settings import apply_prefect_defaults
+from __future__ import annotations
 
-apply_prefect_defaults()
-
-from scalegroups.deployments import DeploymentMap, DeploymentRun, deploy_map  # noqa: E402
-from scalegroups.errors import (  # noqa: E402
-    ConfigurationError,
-    GroupTimeoutError,
-    MissingExtraError,
-    OrchestrationError,
-    ProfileError,
-    ScalegroupsError,
-    UnreachableClusterError,
-)
-from scalegroups.fanout import FanOut, FanOutError, ItemOutcome, fan_out  # noqa: E402
-from scalegroups.flows import flow  # noqa: E402
-from scalegroups.groups import Group, GroupRun, as_completed, group  # noqa: E402
-from scalegroups.profiles import Profile, available_profiles, load_profile  # noqa: E402
-from scalegroups.runners import make_task_runner, resolve_runner  # noqa: E402
-from scalegroups.sharing import share  # noqa: E402
-from scalegroups.summary import summarize  # noqa: E402
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+#: public name -> module that defines it (imported on first use)
+_EXPORTS: dict[str, str] = {
+    "DeploymentMap": "scalegroups.deployments",
+    "DeploymentRun": "scalegroups.deployments",
+    "deploy_map": "scalegroups.deployments",
+    "ConfigurationError": "scalegroups.errors",
+    "GroupTimeoutError": "scalegroups.errors",
+    "MissingExtraError": "scalegroups.errors",
+    "OrchestrationError": "scalegroups.errors",
+    "ProfileError": "scalegroups.errors",
+    "ScalegroupsError": "scalegroups.errors",
+    "UnreachableClusterError": "scalegroups.errors",
+    "FanOut": "scalegroups.fanout",
+    "FanOutError": "scalegroups.fanout",
+    "ItemOutcome": "scalegroups.fanout",
+    "fan_out": "scalegroups.fanout",
+    "flow": "scalegroups.flows",
+    "Group": "scalegroups.groups",
+    "GroupRun": "scalegroups.groups",
+    "as_completed": "scalegroups.groups",
+    "group": "scalegroups.groups",
+    "Profile": "scalegroups.profiles",
+    "available_profiles": "scalegroups.profiles",
+    "load_profile": "scalegroups.profiles",
+    "make_task_runner": "scalegroups.runners",
+    "resolve_runner": "scalegroups.runners",
+    "share": "scalegroups.sharing",
+    "summarize": "scalegroups.summary",
+}
 
 __all__ = [
     "ConfigurationError",
@@ -46,10 +61,10 @@ __all__ = [
     "DeploymentRun",
     "FanOut",
     "FanOutError",
-    "GroupTimeoutError",
-    "ItemOutcome",
     "Group",
     "GroupRun",
+    "GroupTimeoutError",
+    "ItemOutcome",
     "MissingExtraError",
     "OrchestrationError",
     "Profile",
@@ -68,3 +83,36 @@ __all__ = [
     "share",
     "summarize",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'scalegroups' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+if TYPE_CHECKING:
+    from scalegroups.deployments import DeploymentMap, DeploymentRun, deploy_map
+    from scalegroups.errors import (
+        ConfigurationError,
+        GroupTimeoutError,
+        MissingExtraError,
+        OrchestrationError,
+        ProfileError,
+        ScalegroupsError,
+        UnreachableClusterError,
+    )
+    from scalegroups.fanout import FanOut, FanOutError, ItemOutcome, fan_out
+    from scalegroups.flows import flow
+    from scalegroups.groups import Group, GroupRun, as_completed, group
+    from scalegroups.profiles import Profile, available_profiles, load_profile
+    from scalegroups.runners import make_task_runner, resolve_runner
+    from scalegroups.sharing import share
+    from scalegroups.summary import summarize

@@ -16,7 +16,8 @@ from typing import Any
 
 from prefect.cache_policies import DEFAULT, NO_CACHE
 from prefect.settings import get_current_settings
-from prefect.utilities.annotations import NotSet
+
+from scalegroups.prefect_compat import cache_policy_was_chosen
 
 _replacements: weakref.WeakKeyDictionary[Any, dict[str | None, Any]] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
@@ -24,7 +25,7 @@ _lock = threading.Lock()
 
 def hashes_for_nothing(task: Any) -> bool:
     """True if the task would hash its inputs for a cache that can never be hit."""
-    if getattr(task, "_user_cache_policy", NotSet) is not NotSet or task.cache_key_fn is not None:
+    if cache_policy_was_chosen(task) or task.cache_key_fn is not None:
         return False
     if task.cache_policy is not DEFAULT:
         return False

@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from contextvars import ContextVar
 from typing import Any, Generic, ParamSpec
 
 from prefect import tags
@@ -21,15 +20,12 @@ from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture
 
 from scalegroups import limits as limits_module
-from scalegroups.engines.base import refuse_inside_task
+from scalegroups.context import current_group, current_rates
 from scalegroups.errors import GroupTimeoutError, OrchestrationError
 from scalegroups.resources import Resources, parse_resources
+from scalegroups.timers import Deadline, timers
 
 P = ParamSpec("P")
-#: the group whose function is running (its tasks are named "<group>/<task>")
-current_group: ContextVar[str | None] = ContextVar("scalegroups_current_group", default=None)
-#: rate limits of the running group: the runner takes a slot of each before submitting a task
-current_rates: ContextVar[tuple[str, ...]] = ContextVar("scalegroups_current_rates", default=())
 FINAL = "final"
 GroupObserver = Callable[[str, "GroupRun"], None]
 _observers: list[GroupObserver] = []
@@ -49,12 +45,6 @@ def remove_observer(observer: GroupObserver) -> None:
 def _notify(event: str, run: GroupRun) -> None:
     for observer in list(_observers):
         observer(event, run)
-
-
-def _on_done(future: PrefectFuture[Any], callback: Callable[[PrefectFuture[Any]], None]) -> None:
-    # Concurrent futures offer a callback that fires once the *Prefect state* is final.
-    register = getattr(future, "_add_prefect_done_callback", None) or future.add_done_callback
-    register(callback)
 
 
 def _is_failure(future: PrefectFuture[Any]) -> bool:
@@ -84,19 +74,18 @@ class GroupRun:
         self._done = threading.Event()
         self._lock = threading.Lock()
         self._callbacks: list[Callable[[GroupRun], None]] = []
-        self._remaining = len(self._futures)
+        self._finished: set[int] = set()
         self.finished_at: float | None = None
         self._canceller = canceller
-        self._timer: threading.Timer | None = None
+        self._deadline: Deadline | None = None
         _notify("submitted", self)
-        if self._remaining == 0:
+        if not self._futures:
             self._mark_done()
-        for future in self._futures:
-            _on_done(future, self._future_done)
+        self._distinct = {id(f): f for f in self._futures}  # a future returned twice is awaited once
+        for future in self._distinct.values():
+            future.add_done_callback(self._future_done)
         if timeout is not None and not self.done():
-            self._timer = threading.Timer(timeout, self._time_out, args=(timeout,))
-            self._timer.daemon = True
-            self._timer.start()
+            self._deadline = timers.call_later(timeout, lambda: self._time_out(timeout))
 
     def __repr__(self) -> str:
         status = "done" if self.done() else "running"
@@ -107,12 +96,17 @@ class GroupRun:
         """Every future the group returned, in the order returned."""
         return list(self._futures)
 
-    def _future_done(self, _future: PrefectFuture[Any]) -> None:
+    def _future_done(self, future: PrefectFuture[Any]) -> None:
         with self._lock:
-            self._remaining -= 1
-            last = self._remaining == 0 and not self._done.is_set()
+            self._finished.add(id(future))
+            last = len(self._finished) == len(self._distinct) and not self._done.is_set()
         if last:
             self._mark_done()
+
+    def unfinished(self) -> list[PrefectFuture[Any]]:
+        """The futures of this run that have not finished yet."""
+        with self._lock:
+            return [f for key, f in self._distinct.items() if key not in self._finished]
 
     def _time_out(self, timeout: float) -> None:
         with self._lock:
@@ -124,7 +118,7 @@ class GroupRun:
             )
         if self._canceller is not None:
             try:
-                self._canceller([f for f in self._futures if not f._final_state])
+                self._canceller(self.unfinished())
             except Exception as exc:  # report, but never lose the timeout itself
                 self._error.add_note(f"cancelling its tasks failed: {exc!r}")
         self._mark_done()
@@ -135,8 +129,8 @@ class GroupRun:
                 return
             self._done.set()
         self.finished_at = time.monotonic()
-        if self._timer is not None:
-            self._timer.cancel()
+        if self._deadline is not None:
+            self._deadline.cancel()
         with self._lock:
             callbacks, self._callbacks = self._callbacks, []
         for callback in callbacks:
@@ -244,7 +238,6 @@ class Group(Generic[P]):
         return f"Group({self.name!r})"
 
     def _check_context(self) -> None:
-        refuse_inside_task(f"group {self.name!r} was called")
         if FlowRunContext.get() is None:
             raise OrchestrationError(
                 f"group {self.name!r} was called outside a flow: groups submit tasks, so call "

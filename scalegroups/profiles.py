@@ -13,57 +13,34 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, create_model
 
+from scalegroups.engines import ENGINES, Section
 from scalegroups.errors import ProfileError
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
 
-class _Section(BaseModel):
+class _ProfileBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class ThreadSection(_Section):
-    """`prefect.task_runners.ThreadPoolTaskRunner` settings."""
-
-    max_workers: PositiveInt | None = None
-
-
-class ProcessSection(_Section):
-    """`prefect.task_runners.ProcessPoolTaskRunner` settings (default: one process per CPU)."""
-
-    max_workers: PositiveInt | None = None
-
-
-class DaskSection(_Section):
-    """`prefect_dask.DaskTaskRunner` settings: an existing scheduler, or a cluster class to start."""
-
-    address: str | None = None
-    cluster_class: str = "distributed.LocalCluster"
-    cluster_kwargs: dict[str, Any] = Field(default_factory=dict)
-    adapt_kwargs: dict[str, Any] | None = None
-    client_kwargs: dict[str, Any] = Field(default_factory=dict)
-
-
-class RaySection(_Section):
-    """`prefect_ray.RayTaskRunner` settings. `local` starts a private Ray; otherwise an address."""
-
-    address: str = "local"
-    init_kwargs: dict[str, Any] = Field(default_factory=dict)
-
-
-class Profile(_Section):
-    """One cluster profile: a section per engine. Missing sections take the built-in defaults."""
 
     name: str
     description: str = ""
-    thread: ThreadSection = Field(default_factory=ThreadSection)
-    process: ProcessSection = Field(default_factory=ProcessSection)
-    dask: DaskSection = Field(default_factory=DaskSection)
-    ray: RaySection = Field(default_factory=RaySection)
     limits: dict[str, PositiveInt] = Field(default_factory=dict)
     source: str = Field(default="<built-in>", exclude=True)
+
+    def section(self, engine: str) -> Section:
+        """This profile's settings for one engine."""
+        return getattr(self, engine)
+
+
+#: One cluster profile: a section per registered engine; missing sections take the defaults.
+Profile = create_model(
+    "Profile",
+    __base__=_ProfileBase,
+    __doc__="One cluster profile: a section per engine. Missing sections take the built-in defaults.",
+    **{name: (engine.section, Field(default_factory=engine.section)) for name, engine in ENGINES.items()},
+)
 
 
 def profile_dirs() -> list[Path]:
@@ -111,7 +88,7 @@ def _format_validation_error(path: Path, error: ValidationError) -> str:
     return f"invalid profile {str(path)!r}: " + "; ".join(problems)
 
 
-def parse_profile(path: Path) -> Profile:
+def parse_profile(path: Path) -> Any:
     """Read and validate one profile file; errors name the file and, for YAML, the line."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -136,11 +113,11 @@ def parse_profile(path: Path) -> Profile:
 
 
 @cache
-def _load_cached(path: str, mtime_ns: int) -> Profile:
+def _load_cached(path: str, mtime_ns: int) -> Any:
     return parse_profile(Path(path))
 
 
-def load_profile(name_or_path: str) -> Profile:
+def load_profile(name_or_path: str) -> Any:
     """Find and validate a profile by name or path (cached until the file changes)."""
     path = find_profile(name_or_path).resolve()
     return _load_cached(str(path), path.stat().st_mtime_ns)

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from dask.utils import parse_bytes
 from pydantic import BaseModel, ConfigDict, NonNegativeFloat, ValidationError, field_validator
 
 from scalegroups.errors import ConfigurationError
@@ -30,7 +29,11 @@ class Resources(BaseModel):
     @field_validator("memory", mode="before")
     @classmethod
     def _parse_memory(cls, value: Any) -> Any:
-        return parse_bytes(value) if isinstance(value, str) else value
+        if isinstance(value, str):
+            from dask.utils import parse_bytes  # dask is a core dependency; imported when needed
+
+            return parse_bytes(value)
+        return value
 
     def as_dask(self) -> dict[str, float]:
         """Dask worker-resource names (as the k8s/ workers advertise them)."""

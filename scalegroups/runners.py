@@ -1,7 +1,12 @@
 """The runner factory: runner name + profile section + overrides -> a Prefect task runner.
 
-Precedence, highest first: explicit arguments > `SCALEGROUPS_*` environment variables > the
-profile's section for the engine > built-in defaults.
+Precedence, highest first:
+
+1. explicit arguments (`make_task_runner("dask", address=..., max_workers=4, cluster_kwargs=...)`)
+2. `SCALEGROUPS_*` environment variables (`SCALEGROUPS_RUNNER`, `_PROFILE`, `_ADDRESS`, `_MAX_WORKERS`)
+3. the engine's own address variable (`DASK_SCHEDULER_ADDRESS`, `RAY_ADDRESS`)
+4. the profile's section for the engine (`clusters/<profile>.yaml`)
+5. built-in defaults (runner `thread`, profile `local`)
 """
 
 from __future__ import annotations
@@ -13,10 +18,10 @@ from typing import Any
 from prefect.task_runners import TaskRunner
 from pydantic import BaseModel, ValidationError
 
+from scalegroups.engines import ENGINES, RUNNER_NAMES, Engine
 from scalegroups.errors import ConfigurationError
-from scalegroups.extras import require
-from scalegroups.profiles import Profile, load_profile
-from scalegroups.settings import RUNNER_NAMES, read_env
+from scalegroups.profiles import load_profile
+from scalegroups.settings import read_env
 
 DEFAULT_RUNNER = "thread"
 DEFAULT_PROFILE = "local"
@@ -27,9 +32,14 @@ class RunnerSpec:
     """Everything the factory decided, before any engine is imported."""
 
     runner: str
-    profile: Profile
+    profile: Any
     section: BaseModel
     sources: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def engine(self) -> Engine:
+        """The registered engine this spec runs on."""
+        return ENGINES[self.runner]
 
     @property
     def address(self) -> str | None:
@@ -75,14 +85,27 @@ def _apply_overrides(section: BaseModel, overrides: dict[str, Any], runner: str)
         ) from None
 
 
-def _apply_max_workers(runner: str, section: BaseModel, max_workers: int) -> BaseModel:
-    if runner in {"thread", "process"}:
-        return section.model_copy(update={"max_workers": max_workers})
-    if runner == "dask":
-        kwargs = {**section.cluster_kwargs, "n_workers": max_workers}  # type: ignore[attr-defined]
-        return section.model_copy(update={"cluster_kwargs": kwargs})
-    kwargs = {**section.init_kwargs, "num_cpus": max_workers}  # type: ignore[attr-defined]
-    return section.model_copy(update={"init_kwargs": kwargs})
+def _address(
+    engine: Engine, explicit: Any, env_address: str | None, section: BaseModel, profile_name: str
+) -> tuple[str | None, str | None]:
+    """The address and where it came from (None, None: the profile's own, or none)."""
+    address, source = _pick(explicit, env_address, "SCALEGROUPS_ADDRESS", None)
+    if address is None and engine.address_variable and os.environ.get(engine.address_variable):
+        address, source = os.environ[engine.address_variable], f"${engine.address_variable}"
+    if address is None:
+        profile_address = getattr(section, "address", None)
+        return None, (f"profile {profile_name!r}" if profile_address not in (None, "local") else None)
+    if not engine.takes_address:
+        # $SCALEGROUPS_ADDRESS is for the cluster engines; a local pool simply ignores it.
+        if source == "argument":
+            cluster_engines = " or ".join(repr(e.name) for e in ENGINES.values() if e.takes_address)
+            raise ConfigurationError(
+                f"an address ({address!r}, from {source}) only applies to the "
+                f"{' and '.join(e.name for e in ENGINES.values() if e.takes_address)} runners, not "
+                f"{engine.name!r}; drop it or choose runner={cluster_engines}"
+            )
+        return None, None
+    return str(address), source
 
 
 def resolve_runner(runner: str | None = None, *, profile: str | None = None, **overrides: Any) -> RunnerSpec:
@@ -90,13 +113,14 @@ def resolve_runner(runner: str | None = None, *, profile: str | None = None, **o
     env = read_env()
     name, runner_source = _pick(runner, env.runner, "SCALEGROUPS_RUNNER", DEFAULT_RUNNER)
     name = str(name).strip().lower()
-    if name not in RUNNER_NAMES:
+    if name not in ENGINES:
         raise ConfigurationError(
             f"unknown runner {name!r} (from {runner_source}); valid runners: " + ", ".join(RUNNER_NAMES)
         )
+    engine = ENGINES[name]
     profile_name, profile_source = _pick(profile, env.profile, "SCALEGROUPS_PROFILE", DEFAULT_PROFILE)
     loaded = load_profile(str(profile_name))
-    section: BaseModel = getattr(loaded, name)
+    section: BaseModel = loaded.section(name)
     sources = {"runner": runner_source, "profile": profile_source}
 
     address = overrides.pop("address", None)
@@ -105,82 +129,39 @@ def resolve_runner(runner: str | None = None, *, profile: str | None = None, **o
         section = _apply_overrides(section, overrides, name)
         sources["options"] = "argument"
 
-    address, address_source = _pick(address, env.address, "SCALEGROUPS_ADDRESS", None)
-    if address is not None and name in {"thread", "process"}:
-        # $SCALEGROUPS_ADDRESS is for the cluster engines; a local pool simply ignores it.
-        if address_source == "argument":
-            raise ConfigurationError(
-                f"an address ({address!r}, from {address_source}) only applies to the dask and "
-                f"ray runners, not {name!r}; drop it or choose runner='dask' or 'ray'"
-            )
-    elif address is not None:
-        section = section.model_copy(update={"address": str(address)})
+    address, address_source = _address(engine, address, env.address, section, loaded.name)
+    if address is not None:
+        section = section.model_copy(update={"address": address})
+    if address_source is not None:
         sources["address"] = address_source
-    elif getattr(section, "address", None) not in (None, "local"):
-        sources["address"] = f"profile {loaded.name!r}"
 
     max_workers, workers_source = _pick(max_workers, env.max_workers, "SCALEGROUPS_MAX_WORKERS", None)
     if max_workers is not None:
-        section = _apply_max_workers(name, section, int(max_workers))
+        section = engine.max_workers(section, int(max_workers))
         sources["max_workers"] = workers_source
     return RunnerSpec(runner=name, profile=loaded, section=section, sources=sources)
 
 
-def _dask_cluster_class(qualified_name: str) -> Any:
-    module_name, _, attribute = qualified_name.rpartition(".")
-    if not module_name:
-        raise ConfigurationError(
-            f"dask.cluster_class {qualified_name!r} must be a dotted path, e.g. distributed.LocalCluster"
-        )
-    module = require(module_name, f"the Dask cluster class {qualified_name!r}")
-    try:
-        return getattr(module, attribute)
-    except AttributeError:
-        raise ConfigurationError(
-            f"dask.cluster_class {qualified_name!r}: module {module_name!r} has no {attribute!r}"
-        ) from None
-
-
 def build_task_runner(spec: RunnerSpec) -> TaskRunner:
     """Construct the Prefect task runner a `RunnerSpec` describes (engines imported lazily)."""
-    section: Any = spec.section
-    address_source = spec.sources.get("address", "arguments")
-    if spec.runner == "thread":
-        from scalegroups.engines.local import ThreadRunner
-
-        return ThreadRunner(max_workers=section.max_workers)
-    if spec.runner == "process":
-        from scalegroups.engines.local import ProcessRunner
-
-        return ProcessRunner(max_workers=section.max_workers or os.cpu_count())
-    if spec.runner == "dask":
-        from scalegroups.engines.dask import DaskRunner
-
-        if section.address:
-            runner = DaskRunner(address=section.address, client_kwargs=section.client_kwargs)
-        else:
-            runner = DaskRunner(
-                cluster_class=_dask_cluster_class(section.cluster_class),
-                cluster_kwargs=section.cluster_kwargs,
-                adapt_kwargs=section.adapt_kwargs,
-                client_kwargs=section.client_kwargs,
-            )
-    else:
-        require("ray", "the ray runner")  # prefect-ray imports ray lazily: check it here
-        require("prefect_ray", "the ray runner")
-        from scalegroups.engines.ray import RayRunner
-
-        runner = RayRunner(address=section.address, init_kwargs=section.init_kwargs)
-    runner.address_source = address_source
+    runner = spec.engine.runner_class().from_section(spec.section)
+    runner.address_source = spec.sources.get("address", "arguments")
     return runner
 
 
 def make_task_runner(runner: str | None = None, *, profile: str | None = None, **overrides: Any) -> TaskRunner:
     """Return a Prefect task runner chosen by arguments, `SCALEGROUPS_*` variables and a profile.
 
-    `runner` is one of thread, process, dask, ray (default: `$SCALEGROUPS_RUNNER`, else thread);
-    `profile` a profile name or YAML path (default: `$SCALEGROUPS_PROFILE`, else local).
-    Keyword overrides replace fields of the profile's engine section (dicts are merged), plus
-    `address=` and `max_workers=` for every engine.
+    `runner` is one of the registered engines (thread, process, dask, ray; default:
+    `$SCALEGROUPS_RUNNER`, else thread); `profile` a profile name or YAML path (default:
+    `$SCALEGROUPS_PROFILE`, else local). Keyword overrides replace fields of the profile's engine
+    section (dicts are merged), plus `address=` and `max_workers=` for every engine.
+
+    Without `PREFECT_API_URL`, this also chooses the Prefect API the flow and its workers will use
+    (see `scalegroups.server.ensure_api`): Prefect's engine asks for one before any runner starts.
     """
-    return build_task_runner(resolve_runner(runner, profile=profile, **overrides))
+    built = build_task_runner(resolve_runner(runner, profile=profile, **overrides))
+    from scalegroups.server import ensure_api
+
+    ensure_api()
+    return built

@@ -1,60 +1,482 @@
-"""One Prefect API for the flow and every worker process it starts.
+"""One Prefect API for a flow and every worker process it starts.
 
-Without `PREFECT_API_URL`, Prefect starts a temporary API server in each process that needs one:
-every Dask, Ray or process-pool worker would start its own (13-32 s to a first result, and an
-orphan server when a worker is killed). `shared_api()` starts (or reuses) the flow process's own
-temporary server and exports its URL in `os.environ` and Prefect's settings, so worker processes
-started afterwards talk to it. A user's `PREFECT_API_URL` is always used as is. Prefect stops the
-temporary server when the Python process exits.
+`ensure_api()` decides which API a flow uses, first match wins:
+
+1. `PREFECT_API_URL`, when the user set it: used as is.
+2. A server started with `scalegroups server start` (its URL and pid are kept in
+   `$PREFECT_HOME/scalegroups-server.json`) that answers: used, and said in one line.
+3. Otherwise a local server inside this process, listening on 127.0.0.1, started when the first
+   request reaches it and stopped when the process exits (it cannot outlive its flow).
+
+The chosen URL is exported (environment and Prefect's settings) so that worker processes started
+afterwards use the same API. Without it, Prefect starts a temporary server in every process that
+needs one: every Dask, Ray or process-pool worker would start its own.
+
+Local servers scalegroups starts are *lean* (Prefect's own settings still win where the user set
+them): the task-run recorder writes events in batches of 100 at least once a second instead of
+one database transaction per event (it was 75% of the server's CPU per task run), and the event
+persister and automation triggers are off (events are still streamed; they are not stored). Set
+`SCALEGROUPS_SERVER_SERVICES=full` for Prefect's defaults.
+
+A fresh `PREFECT_HOME` starts from a template database: Prefect's migrations and block
+registration take ~10 s on 2 cores, so the first server on a machine keeps a copy of the freshly
+migrated database (per Prefect version) in scalegroups' cache folder and later fresh homes copy it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
 
-from prefect.context import refresh_global_settings_context
-from prefect.settings import get_current_settings
+from scalegroups.errors import ConfigurationError, ScalegroupsError
+from scalegroups.prefect_compat import call_at_thread_shutdown
 
-_lock = threading.Lock()
-_depth = 0
-_exported = False
+STATE_FILE = "scalegroups-server.json"
+READY_TIMEOUT_S = 180.0
+
+#: Prefect settings of a lean local server (dotted names); values the user set still win.
+LEAN_SERVER_DEFAULTS: dict[str, Any] = {
+    "server.services.task_run_recorder.batch_size": 100,
+    "server.services.task_run_recorder.flush_interval": 1,
+    "server.services.event_persister.enabled": False,
+    "server.services.triggers.enabled": False,
+}
 
 
 def configured_api_url() -> str | None:
-    """The API URL Prefect will use in this process, if one is configured."""
+    """The API URL Prefect uses in this process, if one is configured."""
+    from prefect.settings import get_current_settings
+
     return get_current_settings().api.url or None
 
 
-def start_temporary_server() -> str:
-    """Start (or reuse) this process's temporary Prefect server and return its API URL."""
-    from prefect.server.api.server import SubprocessASGIServer
+def lean_services() -> bool:
+    """False when `SCALEGROUPS_SERVER_SERVICES=full` asks for Prefect's own service defaults."""
+    value = os.environ.get("SCALEGROUPS_SERVER_SERVICES", "lean").strip().lower()
+    if value not in {"lean", "full"}:
+        raise ConfigurationError(f"SCALEGROUPS_SERVER_SERVICES={value!r} is invalid: use lean or full")
+    return value == "lean"
 
-    server = SubprocessASGIServer()
-    server.start()
-    return server.api_url
+
+def server_setting_defaults() -> dict[str, Any]:
+    """Setting defaults for a server scalegroups starts (empty when full services are asked for)."""
+    return dict(LEAN_SERVER_DEFAULTS) if lean_services() else {}
+
+
+# ------------------------------------------------------------------------------- database
+
+
+def cache_dir() -> Path:
+    """scalegroups' cache folder (`$SCALEGROUPS_CACHE_DIR`, else `$XDG_CACHE_HOME/scalegroups`)."""
+    explicit = os.environ.get("SCALEGROUPS_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "scalegroups"
+
+
+def sqlite_path(connection_url: str) -> Path | None:
+    """The database file of a SQLite connection URL, or None for other databases."""
+    prefix, sep, path = connection_url.partition(":///")
+    if not sep or not prefix.startswith("sqlite") or path in ("", ":memory:"):
+        return None
+    return Path(path)
+
+
+def template_key() -> str:
+    """What a template database depends on: Prefect's version and its SQLite migrations."""
+    import prefect.server.database as database
+
+    versions = Path(database.__file__).parent / "_migrations" / "versions" / "sqlite"
+    names = sorted(p.name for p in versions.glob("*.py"))
+    digest = hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
+    return f"prefect-{version('prefect')}-{digest}"
+
+
+def template_path() -> Path:
+    """Where this Prefect version's template database is kept."""
+    return cache_dir() / "prefect-db" / f"{template_key()}.db"
+
+
+async def _migrate_and_register_blocks() -> None:
+    from prefect.server.database import provide_database_interface
+    from prefect.server.models.block_registration import run_block_auto_registration
+
+    db = provide_database_interface()
+    await db.create_db()
+    session = await db.session()
+    async with session:
+        await run_block_auto_registration(session=session)
+
+
+def prepare_database() -> str:
+    """Make sure the server's database exists, fast: "existing", "template" or "migrated".
+
+    A missing SQLite database is copied from the template; without a template, Prefect's
+    migrations and block registration run here and their result becomes the template.
+    """
+    import asyncio
+
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().server.database.connection_url
+    path = sqlite_path(url.get_secret_value() if url is not None else "")
+    if path is None or (path.exists() and path.stat().st_size > 0):
+        return "existing"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    template = template_path()
+    if template.exists():
+        shutil.copyfile(template, path)
+        return "template"
+    asyncio.run(_migrate_and_register_blocks())
+    _keep_as_template(path, template)
+    return "migrated"
+
+
+def _keep_as_template(database: Path, template: Path) -> None:
+    """Copy a freshly migrated database to the template (a consistent copy; atomic rename)."""
+    try:
+        template.parent.mkdir(parents=True, exist_ok=True)
+        partial = template.with_suffix(f".{os.getpid()}.tmp")
+        with sqlite3.connect(database) as source, sqlite3.connect(partial) as target:
+            source.backup(target)
+        partial.replace(template)
+    except OSError:
+        return  # a read-only cache only costs the next fresh home the migrations
+
+
+# ---------------------------------------------------------------------- in-process server
+
+
+class InProcessServer:
+    """A lean Prefect API server on a thread of this process, on 127.0.0.1.
+
+    The listening socket is bound at once (so its URL can be handed out); the server itself is
+    created when the first connection arrives, or by `start()`. It stops when the process exits,
+    after Prefect has flushed its events and logs to it.
+    """
+
+    def __init__(self) -> None:
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind(("127.0.0.1", 0))
+        self._socket.listen(2048)
+        self.port = self._socket.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}/api"
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._server: Any = None
+        self._ready = threading.Event()
+        self._failed: BaseException | None = None
+        self.database = "not prepared"
+        self._settings_defaults = server_setting_defaults()
+        from prefect.settings import get_current_settings
+
+        self._settings = get_current_settings()
+        call_at_thread_shutdown(self.stop)
+
+    def start_on_first_connection(self) -> None:
+        """Start the server in the background as soon as a client connects."""
+        threading.Thread(target=self._wait_then_start, name="scalegroups-api-wait", daemon=True).start()
+
+    def _wait_then_start(self) -> None:
+        import select
+
+        try:
+            select.select([self._socket], [], [])
+        except (OSError, ValueError):  # closed before anyone connected
+            return
+        self.start()
+
+    def start(self) -> None:
+        """Start serving (idempotent); returns at once, see `wait_ready`."""
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="scalegroups-api", daemon=True)
+                self._thread.start()
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
+        """Block until the server answers requests (or raise why it could not start)."""
+        self.start()
+        if not self._ready.wait(timeout):
+            raise ScalegroupsError(f"the local Prefect API at {self.url} did not start within {timeout:.0f} s")
+        if self._failed is not None:
+            raise ScalegroupsError(f"the local Prefect API could not start: {self._failed!r}") from self._failed
+
+    def _run(self) -> None:
+        import asyncio
+
+        from prefect.context import SettingsContext
+        from prefect.settings import temporary_settings
+
+        try:
+            with (
+                SettingsContext(profile=SettingsContext.get().profile, settings=self._settings),
+                temporary_settings(set_defaults=self._settings_defaults),
+            ):
+                self.database = prepare_database()
+                server = self._make_server()
+                asyncio.run(self._serve(server))
+        except BaseException as exc:  # reported by wait_ready
+            self._failed = exc
+        finally:
+            self._ready.set()
+
+    def _make_server(self) -> Any:
+        import uvicorn
+        from prefect.server.api.server import create_app
+
+        app = create_app(ephemeral=True, final=True)
+        config = uvicorn.Config(app, log_level="error", lifespan="on", access_log=False, timeout_keep_alive=60)
+        self._server = uvicorn.Server(config)
+        return self._server
+
+    async def _serve(self, server: Any) -> None:
+        import asyncio
+
+        async def mark_ready() -> None:
+            while not server.started and not server.should_exit:
+                await asyncio.sleep(0.01)
+            self._ready.set()
+
+        watcher = asyncio.create_task(mark_ready())
+        await server.serve(sockets=[self._socket])
+        watcher.cancel()
+
+    def stop(self) -> None:
+        """Stop serving (after a graceful shutdown that lets the services flush)."""
+        server, thread = self._server, self._thread
+        if server is not None:
+            server.should_exit = True
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=30)
+        with suppress(OSError):
+            self._socket.close()
+
+
+# ---------------------------------------------------------------- background server (CLI)
+
+
+@dataclass
+class ServerState:
+    """What `scalegroups server start` records about the server it started."""
+
+    url: str
+    pid: int
+    home: str
+    log: str
+    started: float
+
+    @classmethod
+    def load(cls, path: Path) -> ServerState | None:
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+
+def _prefect_home() -> Path:
+    from prefect.settings import get_current_settings
+
+    return Path(get_current_settings().home)
+
+
+def state_path() -> Path:
+    """The file that records the background server of this `PREFECT_HOME`."""
+    return _prefect_home() / STATE_FILE
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _answers(url: str, timeout: float = 2.0) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=timeout) as response:
+            return 200 <= response.status < 300
+    except (OSError, ValueError):
+        return False
+
+
+def running_server() -> ServerState | None:
+    """The background server of this `PREFECT_HOME`, if it runs and answers."""
+    state = ServerState.load(state_path())
+    if state is None or not _alive(state.pid) or not _answers(state.url):
+        return None
+    return state
+
+
+def _free_port(preferred: int) -> int:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", preferred))
+            return preferred
+        except OSError:
+            sock.bind(("127.0.0.1", 0))
+            return sock.getsockname()[1]
+
+
+def start_background_server(port: int = 4200, timeout: float = READY_TIMEOUT_S) -> tuple[ServerState, bool]:
+    """Start `scalegroups server` in the background (or find it running); return it and whether it is new."""
+    existing = running_server()
+    if existing is not None:
+        return existing, False
+    home = _prefect_home()
+    home.mkdir(parents=True, exist_ok=True)
+    port = _free_port(port)
+    log = home / "scalegroups-server.log"
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    with open(log, "ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "scalegroups.server", "--port", str(port)],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    state = ServerState(
+        url=f"http://127.0.0.1:{port}/api", pid=process.pid, home=str(home), log=str(log), started=time.time()
+    )
+    deadline = time.monotonic() + timeout
+    while not _answers(state.url, timeout=1.0):
+        if process.poll() is not None:
+            raise ScalegroupsError(f"the Prefect server exited with code {process.returncode}; see {log}")
+        if time.monotonic() > deadline:
+            _terminate(process.pid)
+            raise ScalegroupsError(f"the Prefect server did not answer within {timeout:.0f} s; see {log}")
+        time.sleep(0.2)
+    state_path().write_text(json.dumps(asdict(state)))
+    return state, True
+
+
+def _terminate(pid: int, grace: float = 20.0) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            try:
+                finished, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                finished = 0 if _alive(pid) else pid
+            if finished or not _alive(pid):
+                return
+            time.sleep(0.1)
+
+
+def stop_background_server() -> ServerState | None:
+    """Stop the background server of this `PREFECT_HOME` (and what it started); None if none ran."""
+    path = state_path()
+    state = ServerState.load(path)
+    if state is None:
+        return None
+    if _alive(state.pid):
+        _terminate(state.pid)
+    path.unlink(missing_ok=True)
+    return state
+
+
+def serve(port: int) -> None:
+    """Run a lean Prefect server with its UI in this process until SIGTERM (`python -m scalegroups.server`)."""
+    import uvicorn
+    from prefect.settings import temporary_settings
+
+    with temporary_settings(set_defaults=server_setting_defaults()):
+        print(f"database: {prepare_database()}", flush=True)
+        from prefect.server.api.server import create_app
+
+        app = create_app(final=True)
+        uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+# ------------------------------------------------------------------------------- choosing
+
+
+_lock = threading.Lock()
+_in_process: InProcessServer | None = None
+
+
+def _export(url: str) -> None:
+    from prefect.context import refresh_global_settings_context
+
+    os.environ["PREFECT_API_URL"] = url
+    refresh_global_settings_context()
+
+
+def ensure_api(*, eager: bool = False) -> str:
+    """Choose the Prefect API for this process and its future workers; return its URL.
+
+    `eager=True` starts a local in-process server at once instead of on its first request.
+    """
+    global _in_process
+    configured = configured_api_url()
+    if configured:
+        return configured
+    with _lock:
+        configured = configured_api_url()
+        if configured:
+            return configured
+        state = running_server()
+        if state is not None:
+            _export(state.url)
+            print(f"scalegroups: using the Prefect server at {state.url} (`scalegroups server start`)", file=sys.stderr)
+            return state.url
+        if _in_process is None:
+            _in_process = InProcessServer()
+            _in_process.start_on_first_connection()
+        _export(_in_process.url)
+    if eager:
+        _in_process.wait_ready()
+    return _in_process.url
+
+
+def local_server() -> InProcessServer | None:
+    """This process's in-process server, if `ensure_api()` started one."""
+    return _in_process
 
 
 @contextmanager
 def shared_api() -> Iterator[str]:
-    """Make sure one API URL is configured for this process and its future child processes."""
-    global _depth, _exported
-    with _lock:
-        url = configured_api_url()
-        if url is None:
-            url = start_temporary_server()
-            os.environ["PREFECT_API_URL"] = url
-            refresh_global_settings_context()
-            _exported = True
-        _depth += 1
-    try:
-        yield url
-    finally:
-        with _lock:
-            _depth -= 1
-            if _depth == 0 and _exported:
-                os.environ.pop("PREFECT_API_URL", None)
-                refresh_global_settings_context()
-                _exported = False
+    """`ensure_api()` as a context manager (the API lives until the process exits)."""
+    yield ensure_api()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m scalegroups.server --port N`: the process behind `scalegroups server start`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m scalegroups.server")
+    parser.add_argument("--port", type=int, default=4200)
+    args = parser.parse_args(argv)
+    serve(args.port)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,7 +1,8 @@
-"""Environment variables and their precedence.
+"""The `SCALEGROUPS_*` environment variables, read fresh on every call.
 
-Precedence, highest first: explicit arguments > `SCALEGROUPS_*` environment variables > the
-profile's section for the engine > built-in defaults.
+Precedence of everything the factory decides is documented in `scalegroups.runners`. Reading these
+variables changes nothing: importing scalegroups leaves the environment and Prefect's settings as
+they were.
 """
 
 from __future__ import annotations
@@ -13,14 +14,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from scalegroups.errors import ConfigurationError
 
-RUNNER_NAMES: tuple[str, ...] = ("thread", "process", "dask", "ray")
-
-#: Prefect's default (20 s) is shorter than a first start on a fresh database on a small machine.
-EPHEMERAL_STARTUP_TIMEOUT_S = 120
-
 
 class EnvSettings(BaseSettings):
-    """The `SCALEGROUPS_*` environment variables (read fresh on every call)."""
+    """The `SCALEGROUPS_*` variables that choose a runner."""
 
     model_config = SettingsConfigDict(env_prefix="SCALEGROUPS_", extra="ignore")
 
@@ -38,18 +34,3 @@ def read_env() -> EnvSettings:
         item = exc.errors()[0]
         name = "SCALEGROUPS_" + str(item["loc"][0]).upper()
         raise ConfigurationError(f"{name}={os.environ.get(name, '')!r} is invalid: {item['msg']}") from None
-
-
-def apply_prefect_defaults() -> None:
-    """Give Prefect's temporary server enough time for a cold first start, unless the user chose.
-
-    Only fills in variables that are unset, then refreshes Prefect's settings so the new default
-    is seen even when `prefect` was imported first.
-    """
-    key = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
-    if key in os.environ:
-        return
-    os.environ[key] = str(EPHEMERAL_STARTUP_TIMEOUT_S)
-    from prefect.context import refresh_global_settings_context
-
-    refresh_global_settings_context()

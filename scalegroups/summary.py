@@ -22,7 +22,10 @@ def run_status(run: GroupRun) -> tuple[str, str]:
         return "completed", ""
     if isinstance(error, GroupTimeoutError):
         return "timed_out", str(error)
-    states = [future.state for future in run.futures if future._final_state is not None]
+    states = []
+    for future in run.futures:
+        future.wait(0)
+        states.append(future.state)
     if any(state.is_crashed() for state in states):
         return "crashed", repr(error)
     if any(state.is_cancelled() for state in states):

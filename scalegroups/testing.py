@@ -5,36 +5,35 @@ Installed with scalegroups (entry point `pytest11`), so any project can write::
     def test_my_group(scalegroups_runner):          # runs once per runner
         assert my_flow() == expected                # make_task_runner()/scalegroups.flow pick it
 
-- `scalegroups_runner` is parametrized over thread, process, dask and ray and sets
-  `SCALEGROUPS_RUNNER` (and `SCALEGROUPS_ADDRESS` for the session's Dask cluster) for the test.
-- One Prefect API server, one `distributed.LocalCluster` (2 worker processes) and one private local
-  Ray (2 CPUs) are started once per session, on first use, and stopped at the end of the session.
+- `scalegroups_runner` is parametrized over the registered runners (thread, process, dask, ray)
+  and sets `SCALEGROUPS_RUNNER` (and, e.g., `SCALEGROUPS_ADDRESS` of the session's Dask cluster)
+  for the test.
+- One Prefect API, one `distributed.LocalCluster` (2 worker processes) and one private local Ray
+  (2 CPUs) are started once per session, on first use, and stopped at the end of the session.
 - Restrict runners per test with `@pytest.mark.scalegroups_runners("dask", "ray")`, or for the
   whole run with `--scalegroups-runners=thread,dask` (or `$SCALEGROUPS_TEST_RUNNERS`).
 
-Heavy imports (prefect, dask, ray) happen inside the fixtures, never at plugin load.
+Loading the plugin imports neither Prefect nor an engine; each is imported when a test asks for it.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import Any
 
 import pytest
 
-ALL_RUNNERS = ("thread", "process", "dask", "ray")
-LOCAL_WORKERS = 2
+from scalegroups.engines import ENGINES, RUNNER_NAMES
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("scalegroups")
     group.addoption(
         "--scalegroups-runners",
-        default=os.environ.get("SCALEGROUPS_TEST_RUNNERS", ",".join(ALL_RUNNERS)),
-        help="comma-separated runners for the scalegroups_runner fixture (default: all four)",
+        default=os.environ.get("SCALEGROUPS_TEST_RUNNERS", ",".join(RUNNER_NAMES)),
+        help=f"comma-separated runners for the scalegroups_runner fixture (default: {','.join(RUNNER_NAMES)})",
     )
 
 
@@ -44,9 +43,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def _selected_runners(config: pytest.Config) -> list[str]:
     names = [n.strip() for n in config.getoption("--scalegroups-runners").split(",") if n.strip()]
-    unknown = sorted(set(names) - set(ALL_RUNNERS))
+    unknown = sorted(set(names) - set(RUNNER_NAMES))
     if unknown:
-        raise pytest.UsageError(f"unknown runners {unknown}; valid: {', '.join(ALL_RUNNERS)}")
+        raise pytest.UsageError(f"unknown runners {unknown}; valid: {', '.join(RUNNER_NAMES)}")
     return names
 
 
@@ -65,53 +64,18 @@ class LocalEngines:
 
     def __init__(self) -> None:
         self._stack = ExitStack()
-        self._dask_cluster: Any = None
-        self._ray_started = False
+        self._environments: dict[str, dict[str, str]] = {}
+
+    def environment(self, runner: str) -> dict[str, str]:
+        """The variables a test sets to use the session's engine for `runner` (started on first use)."""
+        if runner not in self._environments:
+            self._environments[runner] = ENGINES[runner].start_test_session(self._stack)
+        return self._environments[runner]
 
     @property
     def dask_address(self) -> str:
         """Address of the session's `distributed.LocalCluster` (started on first use)."""
-        if self._dask_cluster is None:
-            from distributed import LocalCluster
-
-            self._dask_cluster = self._stack.enter_context(
-                LocalCluster(
-                    n_workers=LOCAL_WORKERS,
-                    threads_per_worker=1,
-                    processes=True,
-                    dashboard_address=None,
-                    silence_logs=40,
-                    resources={"CPU": 1},
-                )
-            )
-        return self._dask_cluster.scheduler_address
-
-    @property
-    def dask_cluster(self) -> Any:
-        """The session's `distributed.LocalCluster` (started on first use)."""
-        _ = self.dask_address
-        return self._dask_cluster
-
-    def ensure_ray(self) -> None:
-        """Start the session's private local Ray (`address="local"`) unless it runs."""
-        import ray
-
-        if self._ray_started:
-            return
-        if ray.is_initialized():
-            raise RuntimeError("Ray is already initialized in this process; cannot start a private one")
-        # Ray's workers do not inherit sys.path: give them the test's import path.
-        paths = [p for p in sys.path if p and os.path.isdir(p)]
-        os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-        ray.init(
-            address="local",
-            num_cpus=LOCAL_WORKERS,
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
-        )
-        self._ray_started = True
-        self._stack.callback(ray.shutdown)
+        return self.environment("dask")["SCALEGROUPS_ADDRESS"]
 
     def close(self) -> None:
         """Stop every engine this object started."""
@@ -119,12 +83,11 @@ class LocalEngines:
 
 
 @pytest.fixture(scope="session")
-def scalegroups_prefect_api() -> Iterator[str]:
-    """One Prefect API for the session: `$PREFECT_API_URL`, else one temporary local server."""
-    from scalegroups.server import shared_api
+def scalegroups_prefect_api() -> str:
+    """One Prefect API for the session: `$PREFECT_API_URL`, else a local server in this process."""
+    from scalegroups.server import ensure_api
 
-    with shared_api() as url:
-        yield url
+    return ensure_api(eager=True)
 
 
 @pytest.fixture(scope="session")
@@ -144,16 +107,12 @@ def scalegroups_runner(
     monkeypatch: pytest.MonkeyPatch,
 ) -> str:
     """The runner name for this test; `SCALEGROUPS_*` are set so the factory builds it."""
-    name: str = getattr(request, "param", "thread")
+    name: str = getattr(request, "param", RUNNER_NAMES[0])
     for variable in ("SCALEGROUPS_ADDRESS", "SCALEGROUPS_PROFILE", "SCALEGROUPS_MAX_WORKERS"):
         monkeypatch.delenv(variable, raising=False)
     monkeypatch.setenv("SCALEGROUPS_RUNNER", name)
-    if name == "process":
-        monkeypatch.setenv("SCALEGROUPS_MAX_WORKERS", str(LOCAL_WORKERS))
-    elif name == "dask":
-        monkeypatch.setenv("SCALEGROUPS_ADDRESS", scalegroups_engines.dask_address)
-    elif name == "ray":
-        scalegroups_engines.ensure_ray()
+    for variable, value in scalegroups_engines.environment(name).items():
+        monkeypatch.setenv(variable, value)
     return name
 
 

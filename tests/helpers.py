@@ -56,6 +56,38 @@ def submits_task(item: int) -> int:
     return double.submit(item).result()
 
 
+def eventually(probe, what: str, timeout: float = 60.0, interval: float = 0.2):
+    """Call `probe()` until it returns something truthy (its result) or `timeout` passes (then fail).
+
+    For evidence that arrives asynchronously (the API records task runs from events, in batches);
+    the timeout is a guard, never the expectation.
+    """
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while True:
+        try:
+            result = probe()
+            if result:
+                return result
+        except Exception as exc:  # not there yet (e.g. ObjectNotFound)
+            last_error = exc
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no evidence of {what} after {timeout:.0f} s (last error: {last_error!r})")
+        time.sleep(interval)
+
+
+def recorded_task_run(task_run_id, final: bool = True):
+    """The task run as the API has recorded it (waiting until it has, in a final state if `final`)."""
+    from prefect import get_client
+
+    def probe():
+        with get_client(sync_client=True) as client:
+            task_run = client.read_task_run(task_run_id)
+        return task_run if (not final or (task_run.state and task_run.state.is_final())) else None
+
+    return eventually(probe, f"task run {task_run_id} recorded by the API")
+
+
 def closed_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on (bound, then released)."""
     with socket.socket() as sock:

@@ -1,4 +1,13 @@
-"""What every scalegroups runner adds to its Prefect runner: a shared API and a fast preflight."""
+"""What every scalegroups runner adds to the Prefect runner it extends.
+
+- On start in the flow's process: a fast preflight of the cluster address, one Prefect API for the
+  flow and every worker (`scalegroups.server`), and the flow's context shipped to workers once per
+  flow run instead of once per task (`prefect_compat.ship_context_once`).
+- In worker processes, a copy of the runner travels with every task (Prefect needs it for tasks
+  that submit tasks). Such a copy starts its engine only when a task really submits one: entering
+  it for every task run would build a process pool, a client or a cluster connection per task.
+- Submitting: the group's run name and cache default (`caching.prepared`) and its rate limits.
+"""
 
 from __future__ import annotations
 
@@ -8,49 +17,56 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any, ClassVar
 
-from prefect.context import TaskRunContext
-
-from scalegroups import context_cache
 from scalegroups.caching import prepared
-from scalegroups.errors import OrchestrationError
+from scalegroups.context import current_group, current_rates
 from scalegroups.limits import acquire_rates
+from scalegroups.prefect_compat import ship_context_once
 from scalegroups.resources import Resources
-from scalegroups.server import shared_api
 
 logger = logging.getLogger("scalegroups")
-
-
-def refuse_inside_task(what: str) -> None:
-    """Raise `OrchestrationError` when called from inside a running task."""
-    task_run = TaskRunContext.get()
-    if task_run is not None:
-        raise OrchestrationError(
-            f"{what} from inside task {task_run.task.name!r}: tasks must not submit tasks or "
-            "call groups. Move the orchestration into the flow: have the task return its "
-            "value and submit the next task (or call the group) from the flow body."
-        )
 
 
 class EngineRunnerMixin:
     """Mixed into a Prefect task runner; keep it first in the bases so its hooks run first."""
 
-    #: True where tasks run in other processes that need to reach the flow's API server
+    #: True where tasks run in other processes (they need the flow's API and a shipped context)
     uses_worker_processes: ClassVar[bool] = True
     #: where the address came from, for error messages (set by the factory)
     address_source: str = "arguments"
+    #: True for a copy that travelled to a worker with a task: it starts on first submit
+    _deferred: bool = False
+    _deferred_started: bool = False
 
+    @classmethod
+    def from_section(cls, section: Any) -> Any:
+        """The runner a profile section describes (sections name the runner's own arguments)."""
+        return cls(**section.model_dump())
+
+    # ------------------------------------------------------------------ copies and pickling
     def duplicate(self) -> Any:
-        """Prefect runs a copy of the runner per flow run: keep where the address came from."""
+        """Prefect runs a copy of the runner per flow run (and per task run in workers)."""
         runner = super().duplicate()  # type: ignore[misc]
         runner.address_source = self.address_source
+        runner._deferred = self._deferred
         return runner
 
+    def __getstate__(self) -> dict[str, Any]:
+        parent = getattr(super(), "__getstate__", None)
+        state = dict(parent() if parent is not None else self.__dict__)
+        state["_deferred"] = True  # only pickled copies travel to workers
+        state.pop("_scalegroups_stack", None)
+        return state
+
+    # ------------------------------------------------------------------------- engine hooks
     def preflight(self) -> None:
         """Check, fast, that the runner can start (e.g. that a cluster address answers)."""
 
     def parallelism(self) -> int:
         """How many tasks the started runner can run at once (for automatic batch sizes)."""
-        return max(1, int(getattr(self, "_max_workers", 0) or os.cpu_count() or 1))
+        return max(1, os.cpu_count() or 1)
+
+    def on_started(self, stack: ExitStack) -> None:
+        """Engine-specific set-up after the engine started (e.g. worker plugins); undone by `stack`."""
 
     @contextmanager
     def resource_context(self, resources: Resources) -> Iterator[None]:
@@ -75,30 +91,51 @@ class EngineRunnerMixin:
         """Place `value` once where the engine's workers can read it; return what to pass to tasks."""
         return value
 
+    # -------------------------------------------------------------------------- lifecycle
     def __enter__(self) -> Any:
+        if self._deferred:
+            self._started = True  # Prefect's "started" flag; the engine starts on first submit
+            return self
+        return self._start()
+
+    def _start(self) -> Any:
         self.preflight()
-        self._scalegroups_stack = ExitStack()
-        if self.uses_worker_processes:
-            context_cache.install()
-            self._scalegroups_stack.enter_context(shared_api())
+        stack = ExitStack()
+        self._scalegroups_stack = stack
         try:
-            return super().__enter__()  # type: ignore[misc]
+            if self.uses_worker_processes:
+                from scalegroups.server import ensure_api
+
+                ensure_api()
+                stack.enter_context(ship_context_once())
+            runner = super().__enter__()  # type: ignore[misc]
+            stack.callback(super().__exit__, None, None, None)  # type: ignore[misc]
+            self.on_started(stack)
         except BaseException:
-            self._scalegroups_stack.close()
+            stack.close()
             raise
+        return runner
+
+    def _start_deferred(self) -> None:
+        """Start the engine of a copy in a worker, for a task that submits tasks."""
+        self._started = False
+        self._start()
+        self._deferred_started = True
 
     def __exit__(self, *exc_info: Any) -> None:
-        try:
-            super().__exit__(*exc_info)  # type: ignore[misc]
-        finally:
-            stack = getattr(self, "_scalegroups_stack", None)
-            if stack is not None:
-                stack.close()
+        if self._deferred and not self._deferred_started:
+            self._started = False
+            return
+        stack = getattr(self, "_scalegroups_stack", None)
+        if stack is None:
+            return
+        self._scalegroups_stack = None
+        stack.close()  # the engine's own exit, then what `_start` set up, in reverse order
 
+    # --------------------------------------------------------------------------- submitting
     def submit(self, task: Any, *args: Any, **kwargs: Any) -> Any:
-        refuse_inside_task(f"task {task.name!r} was submitted")
-        from scalegroups.groups import current_group, current_rates
-
+        if self._deferred and not self._deferred_started:
+            self._start_deferred()
         if rates := current_rates.get():
             acquire_rates(rates)  # the flow waits for the rate, not an engine worker
         return super().submit(prepared(task, current_group.get()), *args, **kwargs)  # type: ignore[misc]

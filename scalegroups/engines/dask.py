@@ -2,39 +2,153 @@
 
 from __future__ import annotations
 
+import copy
 import logging
+import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import dask
+from distributed import WorkerPlugin
 from prefect_dask import DaskTaskRunner
 
+from scalegroups.engines import DaskSection
 from scalegroups.engines.base import EngineRunnerMixin
 from scalegroups.errors import ConfigurationError
+from scalegroups.extras import require
 from scalegroups.network import check_reachable, is_loopback
+from scalegroups.prefect_compat import install_worker_hooks, uninstall_worker_hooks
 from scalegroups.resources import Resources
-from scalegroups.server import configured_api_url
 
 DASK_SCHEDULER_PORT = 8786
+PLUGIN_NAME = "scalegroups-worker-setup"
 logger = logging.getLogger("scalegroups")
 
 
+class WorkerSetup(WorkerPlugin):
+    """Sets each Dask worker process up for Prefect task runs (one API client, cached settings)."""
+
+    name = PLUGIN_NAME
+
+    def setup(self, worker: Any) -> None:
+        install_worker_hooks()
+
+    def teardown(self, worker: Any) -> None:
+        uninstall_worker_hooks()
+
+
+def cluster_class(qualified_name: str) -> Any:
+    """Import a cluster class from its dotted path, naming the extra to install if it is missing."""
+    module_name, _, attribute = qualified_name.rpartition(".")
+    if not module_name:
+        raise ConfigurationError(
+            f"dask.cluster_class {qualified_name!r} must be a dotted path, e.g. distributed.LocalCluster"
+        )
+    module = require(module_name, f"the Dask cluster class {qualified_name!r}")
+    try:
+        return getattr(module, attribute)
+    except AttributeError:
+        raise ConfigurationError(
+            f"dask.cluster_class {qualified_name!r}: module {module_name!r} has no {attribute!r}"
+        ) from None
+
+
+def _is_kube_cluster(cls: Any) -> bool:
+    name = cls if isinstance(cls, str) else f"{getattr(cls, '__module__', '')}.{getattr(cls, '__name__', '')}"
+    return name.startswith("dask_kubernetes.operator") and name.endswith(".KubeCluster")
+
+
+def _kube_worker_resources(kwargs: dict[str, Any], resources: dict[str, float]) -> dict[str, Any]:
+    """dask-kubernetes `KubeCluster` arguments whose workers advertise `resources` (as variables)."""
+    kwargs = copy.deepcopy(kwargs)
+    variables = _resource_variables(resources)
+    spec = kwargs.get("custom_cluster_spec")
+    if spec is None:
+        kwargs["env"] = {**(kwargs.get("env") or {}), **variables}
+        return kwargs
+    for container in spec.get("spec", {}).get("worker", {}).get("spec", {}).get("containers", []):
+        container.setdefault("env", []).extend({"name": key, "value": value} for key, value in variables.items())
+    return kwargs
+
+
+def unique_kube_cluster(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """`KubeCluster` arguments naming a cluster of this flow run's own (its name plus a random suffix)."""
+    kwargs = copy.deepcopy(kwargs)
+    spec = kwargs.get("custom_cluster_spec")
+    base = str((spec or {}).get("metadata", {}).get("name") or kwargs.get("name") or "scalegroups")
+    name = f"{base[:40].rstrip('-')}-{uuid.uuid4().hex[:8]}"
+    if spec is None:
+        kwargs["name"] = name
+        return kwargs
+    spec.setdefault("metadata", {})["name"] = name
+    selector = spec.get("spec", {}).get("scheduler", {}).get("service", {}).get("selector")
+    if isinstance(selector, dict):
+        selector["dask.org/cluster-name"] = name
+    return kwargs
+
+
+def _resource_variables(resources: dict[str, float]) -> dict[str, str]:
+    return {f"DASK_DISTRIBUTED__WORKER__RESOURCES__{name}": f"{amount:g}" for name, amount in resources.items()}
+
+
+def cluster_kwargs(section: DaskSection) -> dict[str, Any]:
+    """The cluster class's keyword arguments, with `worker_resources` in that class's own terms."""
+    kwargs = dict(section.cluster_kwargs)
+    resources = dict(section.worker_resources)
+    if not resources:
+        return kwargs
+    if _is_kube_cluster(section.cluster_class):
+        return _kube_worker_resources(kwargs, resources)
+    if section.cluster_class == "distributed.LocalCluster":
+        return {**kwargs, "resources": {**kwargs.get("resources", {}), **resources}}
+    raise ConfigurationError(
+        f"dask.worker_resources cannot be given to {section.cluster_class!r}: advertise them in that "
+        "cluster's worker configuration (e.g. DASK_DISTRIBUTED__WORKER__RESOURCES__CPU=1) instead"
+    )
+
+
 class DaskRunner(EngineRunnerMixin, DaskTaskRunner):
-    """`DaskTaskRunner` that checks a scheduler address before connecting."""
+    """`DaskTaskRunner` that checks a scheduler address before connecting and sets workers up."""
+
+    @classmethod
+    def from_section(cls, section: DaskSection) -> DaskRunner:
+        """The runner a profile's dask section describes."""
+        if section.address:
+            return cls(address=section.address, client_kwargs=section.client_kwargs)
+        return cls(
+            cluster_class=cluster_class(section.cluster_class),
+            cluster_kwargs=cluster_kwargs(section),
+            adapt_kwargs=section.adapt_kwargs,
+            client_kwargs=section.client_kwargs,
+        )
 
     def preflight(self) -> None:
         """Fail within seconds when the scheduler address does not answer."""
+        from scalegroups.server import configured_api_url
+
         if not self.address:
             return
         check_reachable(self.address, "Dask scheduler", DASK_SCHEDULER_PORT, self.address_source)
         if configured_api_url() is None and not is_loopback(self.address):
             logger.warning(
                 "Dask scheduler %s is remote but PREFECT_API_URL is not set: its workers cannot "
-                "reach this machine's temporary Prefect server. Set PREFECT_API_URL to a server "
+                "reach this machine's local Prefect server. Set PREFECT_API_URL to a server "
                 "both sides can reach.",
                 self.address,
             )
+
+    def _start(self) -> Any:
+        if not self.address and _is_kube_cluster(self.cluster_class):
+            self.cluster_kwargs = unique_kube_cluster(self.cluster_kwargs)  # a cluster per flow run
+        return super()._start()
+
+    def on_started(self, stack: ExitStack) -> None:
+        """Register the worker set-up on the cluster (existing and future workers); unregister at exit."""
+        client = self.client
+        client.register_plugin(WorkerSetup(), name=PLUGIN_NAME)
+        if self._cluster is None:  # someone else's cluster: leave its workers as they were
+            stack.callback(_unregister, client)
 
     def parallelism(self) -> int:
         """Threads across the cluster's current workers."""
@@ -70,3 +184,27 @@ class DaskRunner(EngineRunnerMixin, DaskTaskRunner):
     def share(self, value: Any) -> Any:
         """Scatter `value` to the cluster once; tasks receive the data, not a copy per submit."""
         return self.client.scatter(value, hash=False)
+
+
+def _unregister(client: Any) -> None:
+    try:
+        client.unregister_worker_plugin(PLUGIN_NAME)
+    except Exception:  # the cluster may be gone already; its workers go with it
+        logger.debug("could not unregister %s", PLUGIN_NAME, exc_info=True)
+
+
+def start_test_cluster(stack: ExitStack) -> dict[str, str]:
+    """The pytest plugin's Dask: a `LocalCluster` of two one-thread worker processes for the session."""
+    from distributed import LocalCluster
+
+    cluster = stack.enter_context(
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+            resources={"CPU": 1},
+        )
+    )
+    return {"SCALEGROUPS_ADDRESS": cluster.scheduler_address}

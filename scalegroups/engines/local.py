@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from contextlib import ExitStack
 from typing import Any
 
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
 from scalegroups.engines.base import EngineRunnerMixin
+from scalegroups.prefect_compat import install_worker_hooks, pool_processes, runner_pool_size
+
+#: pool size the test plugin gives process runners (two workers, like its Dask cluster and Ray)
+TEST_WORKERS = 2
 
 
 class ThreadRunner(EngineRunnerMixin, ThreadPoolTaskRunner):
@@ -17,26 +23,54 @@ class ThreadRunner(EngineRunnerMixin, ThreadPoolTaskRunner):
 
     def parallelism(self) -> int:
         """Threads share one interpreter: for batching, count at most one per CPU."""
-        return max(1, min(self._max_workers, os.cpu_count() or 1))
+        cpus = os.cpu_count() or 1
+        return max(1, min(runner_pool_size(self), cpus))
+
+
+def setup_worker_process(initializer: Callable[..., None] | None = None, *initargs: Any) -> None:
+    """Process-pool initializer: one Prefect settings object and API client per worker process."""
+    install_worker_hooks()
+    if initializer is not None:
+        initializer(*initargs)
 
 
 class ProcessRunner(EngineRunnerMixin, ProcessPoolTaskRunner):
     """`ProcessPoolTaskRunner`: tasks run in spawned worker processes sharing the flow's API."""
 
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        initializer: Callable[..., None] | None = None,
+        initargs: tuple[Any, ...] = (),
+    ):
+        super().__init__(max_workers=max_workers, initializer=setup_worker_process, initargs=(initializer, *initargs))
+
+    def parallelism(self) -> int:
+        """Worker processes in the pool."""
+        return max(1, runner_pool_size(self))
+
+    def on_started(self, stack: ExitStack) -> None:
+        """Nothing beyond Prefect's pool: the initializer sets each worker process up."""
+
     def __exit__(self, *exc_info: Any) -> None:
         # Prefect's exit waits for running tasks. When the flow ends with an error or Ctrl-C, those
         # tasks' results can no longer be used: end the worker processes instead of waiting for them.
         if exc_info[0] is not None:
-            self._terminate_workers()
+            self.terminate_workers()
         super().__exit__(*exc_info)
 
-    def _terminate_workers(self) -> None:
-        executor = getattr(self, "_executor", None)
-        processes = dict(getattr(executor, "_processes", None) or {})  # ProcessPoolExecutor has no public API
-        for process in processes.values():
+    def terminate_workers(self) -> None:
+        """End the pool's worker processes now (running tasks are lost)."""
+        processes = pool_processes(getattr(self, "_executor", None))
+        for process in processes:
             if process.is_alive():
                 process.terminate()
-        for process in processes.values():
+        for process in processes:
             process.join(timeout=5)
             if process.is_alive():
                 process.kill()
+
+
+def process_test_session(stack: ExitStack) -> dict[str, str]:
+    """The pytest plugin's process runner: a pool of two worker processes per test."""
+    return {"SCALEGROUPS_MAX_WORKERS": str(TEST_WORKERS)}

@@ -2,23 +2,40 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from prefect_ray import RayTaskRunner
 
+from scalegroups.engines import RaySection
 from scalegroups.engines.base import EngineRunnerMixin
 from scalegroups.errors import ConfigurationError
 from scalegroups.network import check_reachable
+from scalegroups.prefect_compat import install_worker_hooks
 from scalegroups.resources import Resources
 
 RAY_GCS_PORT = 6379
 RAY_CLIENT_PORT = 10001
+SETUP_HOOK = "scalegroups.engines.ray.setup_worker_process"
+logger = logging.getLogger("scalegroups")
+
+
+def setup_worker_process() -> None:
+    """Ray `worker_process_setup_hook`: one Prefect settings object and API client per worker."""
+    install_worker_hooks()
 
 
 class RayRunner(EngineRunnerMixin, RayTaskRunner):
     """`RayTaskRunner` that checks a cluster address before `ray.init` can hang on it."""
+
+    @classmethod
+    def from_section(cls, section: RaySection) -> RayRunner:
+        """The runner a profile's ray section describes."""
+        return cls(address=section.address, init_kwargs=section.init_kwargs)
 
     def preflight(self) -> None:
         """Fail within seconds when the Ray address does not answer."""
@@ -26,6 +43,14 @@ class RayRunner(EngineRunnerMixin, RayTaskRunner):
             return
         port = RAY_CLIENT_PORT if self.address.startswith("ray://") else RAY_GCS_PORT
         check_reachable(self.address, "Ray cluster", port, self.address_source)
+
+    def _start(self) -> Any:
+        # Every worker process of this job sets itself up once (unless the user set a hook).
+        runtime_env = dict(self.init_kwargs.get("runtime_env") or {})
+        if runtime_env.setdefault("worker_process_setup_hook", SETUP_HOOK) != SETUP_HOOK:
+            logger.info("Ray runtime_env has its own worker_process_setup_hook: per-task Prefect set-up stays")
+        self.init_kwargs = {**self.init_kwargs, "runtime_env": runtime_env}
+        return super()._start()
 
     def parallelism(self) -> int:
         """CPUs of the Ray cluster."""
@@ -68,3 +93,24 @@ class RayRunner(EngineRunnerMixin, RayTaskRunner):
         import ray
 
         return ray.put(value)
+
+
+def start_test_ray(stack: ExitStack) -> dict[str, str]:
+    """The pytest plugin's Ray: a private local Ray with two CPUs for the session."""
+    import ray
+
+    if ray.is_initialized():
+        raise RuntimeError("Ray is already initialized in this process; cannot start a private one")
+    # Ray's workers do not inherit sys.path: give them the test's import path.
+    paths = [p for p in sys.path if p and os.path.isdir(p)]
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+        runtime_env={"worker_process_setup_hook": SETUP_HOOK},
+    )
+    stack.callback(ray.shutdown)
+    return {}

@@ -1,0 +1,417 @@
+"""Every place scalegroups relies on Prefect (or Python) internals, and nothing else.
+
+Each hook below says what it relies on. `tests/test_prefect_compat.py` checks every one of those
+assumptions against the installed Prefect, so a release that changes one fails a test instead of
+a user's flow. Patches are scoped: the flow-side ones live while a scalegroups runner runs
+(reference-counted), the worker-side ones while a worker process is set up by scalegroups, and
+both are undone when their scope ends.
+
+Why the patches exist (profiles on 2 cores, 200 trivial task runs in worker processes):
+
+- **Shipping the context once.** Prefect serializes the flow's whole context for every task it
+  ships to another process: every setting (a pydantic dump), the flow run, the flow object (its
+  function pickled by value when defined in a script) and the flow's parameters. The worker then
+  rebuilds a `Settings` object from it, which re-reads the environment, `.env` files and the
+  profiles file: 35% of the worker's CPU per task run. `ship_context_once()` serializes the
+  settings and flow-run parts once per flow run and pickles them once; workers unpickle each once
+  per process (`restore_shipped`).
+- **One API client per worker process.** Every task run in a worker built two new Prefect API
+  clients, each loading the CA bundle into a fresh TLS context (`ssl.create_default_context`):
+  51% of the worker's CPU per task run. `install_worker_hooks()` gives each worker process one
+  client and one `Settings` object per distinct shipped context.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+import weakref
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+import cloudpickle
+
+# ------------------------------------------------------------------------------------------------
+# 1. Shipping the flow's context once per flow run (flow side)
+#
+# Relies on: `prefect.context.SettingsContext.serialize(include_secrets)` and
+# `prefect.context.EngineContext.serialize(include_secrets)` (= FlowRunContext) being what
+# `prefect.context.serialize_context()` calls, and on workers passing the parts back unchanged to
+# `SettingsContext(**part)` / `FlowRunContext(**part)` in `prefect.context.hydrated_context`.
+# ------------------------------------------------------------------------------------------------
+
+_RESTORED_MAX = 64
+_restored: OrderedDict[str, ShippedOnce] = OrderedDict()
+_restored_lock = threading.Lock()
+
+
+def restore_shipped(key: str, payload: bytes) -> ShippedOnce:
+    """The shipped context part `key`: one object per process, unpickled on first use.
+
+    Processes that only relay a task (Dask's scheduler unpickles and re-pickles every task) never
+    unpickle the payload and send it on as it came.
+    """
+    with _restored_lock:
+        shipped = _restored.get(key)
+        if shipped is None:
+            shipped = _restored[key] = ShippedOnce(_Shipment(key=key, payload=payload))
+            while len(_restored) > _RESTORED_MAX:
+                _restored.popitem(last=False)
+        else:
+            _restored.move_to_end(key)
+        return shipped
+
+
+class _Shipment:
+    """One serialized context part: its items and their pickle, each made at most once."""
+
+    def __init__(self, items: dict[str, Any] | None = None, key: str | None = None, payload: bytes | None = None):
+        self._items = items
+        self.key = key or uuid.uuid4().hex
+        self._payload = payload
+        self._lock = threading.Lock()
+
+    def items(self) -> dict[str, Any]:
+        if self._items is None:
+            with self._lock:
+                if self._items is None:
+                    self._items = cloudpickle.loads(self._payload)
+        return self._items
+
+    def payload(self) -> bytes:
+        if self._payload is None:
+            with self._lock:
+                if self._payload is None:
+                    self._payload = cloudpickle.dumps(self._items)
+        return self._payload
+
+
+class ShippedOnce:
+    """A serialized context part: read-only mapping methods here, a cached pickle on the wire.
+
+    Unpickling gives every task of a process the *same* object (see `restore_shipped`), so
+    workers can cache what they build from it. It is neither a `dict` nor a registered `Mapping`
+    on purpose: Dask rebuilds (and serializes item by item) the mappings it finds in a task's
+    arguments, which would skip this pickle and give each task a new object. `**part` and `.get`
+    work, which is all Prefect's `hydrated_context` asks of it.
+    """
+
+    __slots__ = ("_shipment",)
+
+    def __init__(self, shipment: _Shipment):
+        self._shipment = shipment
+
+    def __getitem__(self, key: str) -> Any:
+        return self._shipment.items()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._shipment.items())
+
+    def __len__(self) -> int:
+        return len(self._shipment.items())
+
+    def keys(self) -> Any:
+        return self._shipment.items().keys()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._shipment.items().get(key, default)
+
+    def __repr__(self) -> str:
+        return f"ShippedOnce({self._shipment.key})"
+
+    def __copy__(self) -> ShippedOnce:
+        return self  # read-only: a copy is itself
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> ShippedOnce:
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (restore_shipped, (self._shipment.key, self._shipment.payload()))
+
+
+class _SerializeCache:
+    """Per-owner cache of `serialize()` results, as `_Shipment`s."""
+
+    def __init__(self, size: int = 16):
+        self._size = size
+        self._entries: OrderedDict[tuple[int, bool], tuple[Any, tuple[Any, ...], _Shipment]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, owner: Any, include_secrets: bool, fingerprint: tuple[Any, ...], build: Any) -> ShippedOnce:
+        key = (id(owner), include_secrets)
+        with self._lock:
+            entry = self._entries.get(key)
+        if entry is not None:
+            ref, seen, shipment = entry
+            if ref() is owner and seen == fingerprint:
+                return ShippedOnce(shipment)
+        shipment = _Shipment(items=build())
+        with self._lock:
+            self._entries[key] = (_reference(owner), fingerprint, shipment)
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+        return ShippedOnce(shipment)
+
+
+def _reference(obj: Any) -> Any:
+    try:
+        return weakref.ref(obj)
+    except TypeError:  # not weak-referenceable: hold it (the cache is small and bounded)
+        return lambda: obj
+
+
+class _FlowSidePatches:
+    """Reference-counted replacement of the two `serialize` methods."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._originals: dict[str, Any] = {}
+        self._settings_cache = _SerializeCache()
+        self._run_cache = _SerializeCache(size=8)
+
+    def _install(self) -> None:
+        from prefect.context import EngineContext, SettingsContext
+
+        settings_serialize = SettingsContext.serialize
+        run_serialize = EngineContext.serialize
+        settings_cache, run_cache = self._settings_cache, self._run_cache
+
+        def serialize_settings(ctx: Any, include_secrets: bool = True) -> dict[str, Any]:
+            return settings_cache.get(
+                ctx.settings, include_secrets, (id(ctx.profile),), lambda: settings_serialize(ctx, include_secrets)
+            )
+
+        def serialize_run(ctx: Any, include_secrets: bool = True) -> dict[str, Any]:
+            # A flow run context's shipped part does not change while the flow run runs; a new
+            # flow run (or subflow) is a new context object.
+            fingerprint = (id(ctx.flow_run), id(ctx.flow), id(ctx.parameters), id(ctx.result_store))
+            return run_cache.get(ctx, include_secrets, fingerprint, lambda: run_serialize(ctx, include_secrets))
+
+        self._originals = {"settings": settings_serialize, "run": run_serialize}
+        SettingsContext.serialize = serialize_settings  # type: ignore[method-assign]
+        EngineContext.serialize = serialize_run  # type: ignore[method-assign]
+
+    def _uninstall(self) -> None:
+        from prefect.context import EngineContext, SettingsContext
+
+        SettingsContext.serialize = self._originals["settings"]  # type: ignore[method-assign]
+        EngineContext.serialize = self._originals["run"]  # type: ignore[method-assign]
+        self._originals = {}
+
+    @contextmanager
+    def scope(self) -> Iterator[None]:
+        with self._lock:
+            self._users += 1
+            if self._users == 1:
+                self._install()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._users -= 1
+                if self._users == 0:
+                    self._uninstall()
+
+    @property
+    def active(self) -> bool:
+        return self._users > 0
+
+
+_flow_side = _FlowSidePatches()
+
+
+def ship_context_once() -> Any:
+    """Context manager: while it is open, task contexts are serialized and pickled once per flow run."""
+    return _flow_side.scope()
+
+
+def shipping_context_once() -> bool:
+    """True while `ship_context_once()` is in effect in this process."""
+    return _flow_side.active
+
+
+# ------------------------------------------------------------------------------------------------
+# 2. Worker processes: one Settings object per shipped context, one API client per process
+#
+# Relies on: `prefect.context.hydrated_context(serialized_context, client)` being looked up as
+# `prefect.context.hydrated_context` (process pool wrapper) and as the name `hydrated_context` in
+# `prefect.task_engine` (the task engine), entering `SettingsContext(**settings_context)` only when
+# that part is non-empty and using the `client` it is given; the task engine taking its client from
+# `SyncClientContext.get_or_create()`, which returns the context found in `SyncClientContext.__var__`
+# (a `ContextVar`) when there is one; `SyncClientContext` being a model with a `client` field.
+# ------------------------------------------------------------------------------------------------
+
+
+class _WorkerHooks:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._original: Any = None
+        self._installed: Any = None
+        self._settings: OrderedDict[int, tuple[Any, Any, Any]] = OrderedDict()
+        self._clients: OrderedDict[int, tuple[Any, Any]] = OrderedDict()
+
+    @property
+    def installed(self) -> bool:
+        return self._original is not None
+
+    def install(self) -> None:
+        import prefect.context
+        import prefect.task_engine
+
+        with self._lock:
+            if self._original is not None:
+                return
+            self._original = prefect.context.hydrated_context
+            self._installed = self.hydrated_context  # one bound method, so uninstall can recognise it
+            prefect.context.hydrated_context = self._installed  # type: ignore[assignment]
+            prefect.task_engine.hydrated_context = self._installed  # type: ignore[assignment]
+
+    def uninstall(self) -> None:
+        import prefect.context
+        import prefect.task_engine
+
+        with self._lock:
+            if self._original is None:
+                return
+            for module in (prefect.context, prefect.task_engine):
+                if getattr(module, "hydrated_context", None) is self._installed:
+                    module.hydrated_context = self._original
+            self._original = None
+            clients, self._clients = list(self._clients.values()), OrderedDict()
+            self._settings.clear()
+        for _, client in clients:
+            client.__exit__(None, None, None)
+
+    def _settings_context(self, part: dict[str, Any]) -> Any:
+        """A new `SettingsContext` around the Settings built once for this shipped part."""
+        from prefect.context import SettingsContext
+
+        with self._lock:
+            entry = self._settings.get(id(part))
+        if entry is None or entry[0] is not part:
+            built = SettingsContext(**part)
+            entry = (part, built.profile, built.settings)
+            with self._lock:
+                self._settings[id(part)] = entry
+                while len(self._settings) > 16:
+                    self._settings.popitem(last=False)
+        return SettingsContext(profile=entry[1], settings=entry[2])
+
+    def _client(self) -> Any:
+        """This process's API client for the current settings (opened once, kept open)."""
+        from prefect.client.orchestration import get_client
+        from prefect.settings import get_current_settings
+
+        settings = get_current_settings()
+        with self._lock:
+            entry = self._clients.get(id(settings))
+        if entry is None or entry[0] is not settings:
+            client = get_client(sync_client=True)
+            client.__enter__()  # held open for the life of the process (released by uninstall)
+            if settings.client.server_version_check_enabled:
+                client.raise_for_api_version_mismatch_once()
+            entry = (settings, client)
+            with self._lock:
+                self._clients[id(settings)] = entry
+        return entry[1]
+
+    @staticmethod
+    @contextmanager
+    def _client_context(client: Any) -> Iterator[None]:
+        """Make `client` the one `SyncClientContext.get_or_create()` finds, without entering or
+        closing it (entering counts without a lock; the client is shared by a worker's threads)."""
+        from prefect.context import SyncClientContext
+
+        token = SyncClientContext.__var__.set(SyncClientContext.model_construct(client=client))
+        try:
+            yield
+        finally:
+            SyncClientContext.__var__.reset(token)
+
+    @contextmanager
+    def hydrated_context(self, serialized_context: dict[str, Any] | None = None, client: Any = None) -> Iterator[None]:
+        original = self._original
+        if original is None or not serialized_context:
+            with (original or _prefect_hydrated_context())(serialized_context, client):
+                yield
+            return
+        with ExitStack() as stack:
+            part = serialized_context.get("settings_context")
+            if part:
+                stack.enter_context(self._settings_context(part))
+                serialized_context = {**serialized_context, "settings_context": {}}
+            if client is None:
+                client = self._client()
+                stack.enter_context(self._client_context(client))
+            stack.enter_context(original(serialized_context, client))
+            yield
+
+
+def _prefect_hydrated_context() -> Any:
+    import prefect.context
+
+    return prefect.context.hydrated_context
+
+
+_worker_hooks = _WorkerHooks()
+
+
+def install_worker_hooks() -> None:
+    """Set this worker process up: cached settings and one API client for every task run."""
+    _worker_hooks.install()
+
+
+def uninstall_worker_hooks() -> None:
+    """Undo `install_worker_hooks()` (and close the process's clients)."""
+    _worker_hooks.uninstall()
+
+
+def worker_hooks_installed() -> bool:
+    """True if this process runs task runs with the worker hooks."""
+    return _worker_hooks.installed
+
+
+# ------------------------------------------------------------------------------------------------
+# 3. Small reads of private attributes
+# ------------------------------------------------------------------------------------------------
+
+
+def cache_policy_was_chosen(task: Any) -> bool:
+    """True if the user gave the task a cache policy. Relies on `Task._user_cache_policy`."""
+    from prefect.utilities.annotations import NotSet
+
+    return getattr(task, "_user_cache_policy", NotSet) is not NotSet
+
+
+def pool_processes(executor: Any) -> list[Any]:
+    """The worker processes of a `ProcessPoolExecutor`. Relies on `ProcessPoolExecutor._processes`."""
+    return list((getattr(executor, "_processes", None) or {}).values())
+
+
+def runner_pool_size(runner: Any) -> int:
+    """Pool size of a Prefect thread or process pool runner. Relies on `_max_workers`."""
+    return int(runner._max_workers)
+
+
+def call_at_thread_shutdown(callback: Any) -> None:
+    """Call `callback()` when the main thread ends, before `concurrent.futures` stops its pools.
+
+    Relies on `threading._register_atexit` (what `concurrent.futures` and Prefect's own queue
+    services use): callbacks run in reverse order of registration, so one registered before a
+    flow runs runs after Prefect has flushed that flow's events and logs, and before executors
+    refuse new work (after which an asyncio server on a thread could no longer shut down cleanly).
+    """
+    threading._register_atexit(callback)  # type: ignore[attr-defined]
+
+
+def as_flow_subclass(flow: Any, cls: type) -> Any:
+    """Make a flow built by Prefect (`prefect.flow`, `Flow.with_options`) an instance of `cls`.
+
+    Relies on `prefect.Flow` keeping its state in `__dict__` (no `__slots__`), so that a subclass
+    adding only methods can take an instance over.
+    """
+    flow.__class__ = cls
+    return flow
