@@ -7,6 +7,7 @@ import json
 import os
 import runpy
 import sys
+import time
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -213,6 +214,31 @@ def cmd_limits_sync(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_server(args: argparse.Namespace) -> int:
+    """Start, stop or show the background Prefect server of this `PREFECT_HOME`."""
+    from scalegroups import server
+
+    if args.server_command == "start":
+        state, started = server.start_background_server(port=args.port)
+        ui = state.url.removesuffix("/api")
+        verb = "started" if started else "already running"
+        print(f"Prefect server {verb}: {state.url} (UI {ui}), pid {state.pid}, log {state.log}")
+        print("flows on this machine use it (unless PREFECT_API_URL is set) until `scalegroups server stop`")
+        return 0
+    if args.server_command == "stop":
+        state = server.stop_background_server()
+        print(f"stopped the Prefect server at {state.url} (pid {state.pid})" if state else "no server was running")
+        return 0
+    state = server.running_server()
+    if state is None:
+        print(f"not running (no server recorded in {server.state_path()}, or it does not answer)")
+        return 1
+    uptime = time.time() - state.started
+    ui = state.url.removesuffix("/api")
+    print(f"running: {state.url} (UI {ui}), pid {state.pid}, up {uptime:.0f} s, log {state.log}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for `scalegroups`."""
     parser = argparse.ArgumentParser(prog="scalegroups", description=__doc__)
@@ -255,6 +281,14 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("files", nargs="*", help="Python files whose @group(limits=...) to sync")
     sync.add_argument("--profile", help="profile whose limits: section to sync (profile wins)")
     sync.set_defaults(handler=cmd_limits_sync)
+
+    server_parser = commands.add_parser("server", help="a Prefect server on this machine that outlives one run")
+    server_commands = server_parser.add_subparsers(dest="server_command", required=True)
+    start = server_commands.add_parser("start", help="start it in the background (lean services, with the UI)")
+    start.add_argument("--port", type=int, default=4200, help="port on 127.0.0.1 (a free one if taken)")
+    server_commands.add_parser("stop", help="stop it and everything it started")
+    server_commands.add_parser("status", help="say whether it runs, where, and since when")
+    server_parser.set_defaults(handler=cmd_server)
 
     wait = commands.add_parser("wait", help="wait until PREFECT_API_URL and the cluster address answer")
     wait.add_argument("--runner", help="thread, process, dask or ray")

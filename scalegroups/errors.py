@@ -29,3 +29,11 @@ class OrchestrationError(ScalegroupsError, RuntimeError):
 
 class GroupTimeoutError(ScalegroupsError, TimeoutError):
     """A group run exceeded its timeout; its unfinished tasks were cancelled."""
+
+
+class TaskInterrupted(BaseException):  # noqa: N818 - a signal to stop, like KeyboardInterrupt
+    """Raised inside a running task's thread to stop it (its group timed out).
+
+    A `BaseException`, so that a task's own `except Exception:` does not swallow it; Prefect
+    records the task run as crashed.
+    """

@@ -115,6 +115,12 @@ class ShippedOnce:
     def keys(self) -> Any:
         return self._shipment.items().keys()
 
+    def items(self) -> Any:
+        return self._shipment.items().items()
+
+    def values(self) -> Any:
+        return self._shipment.items().values()
+
     def get(self, key: str, default: Any = None) -> Any:
         return self._shipment.items().get(key, default)
 

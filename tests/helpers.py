@@ -188,12 +188,57 @@ def max_overlap(intervals: list[tuple[float, float]]) -> int:
 
 @task
 def heartbeat(path: str, seconds: float) -> str:
-    """Touch `path` every 0.2 s for `seconds` (shows whether a task is still running)."""
+    """Write "<pid> <time>" to `path` every 0.2 s for `seconds`; when the loop ends for any reason
+    but the process dying, leave `stopped-<name>` beside it (evidence that the task was stopped)."""
     import time
     from pathlib import Path
 
+    beat = Path(path)
     deadline = time.time() + seconds
-    while time.time() < deadline:
-        Path(path).write_text(str(time.time()))
-        time.sleep(0.2)
+    try:
+        while time.time() < deadline:
+            beat.write_text(f"{os.getpid()} {time.time()}")
+            time.sleep(0.2)
+    finally:
+        (beat.parent / f"stopped-{beat.name}").write_text("stopped")
     return path
+
+
+@task
+def rendezvous(folder: str, item: int, parties: int, wait: float = 60.0) -> dict:
+    """Run until `parties` tasks have arrived (or `wait` seconds pass), watching who runs meanwhile.
+
+    A running task keeps `running-<item>` in `folder`; an arrived one leaves `arrived-<item>` for
+    good. `seen` is the most tasks this one saw running at once: one task seeing two is evidence
+    that two ran together, whatever the machine's speed.
+    """
+    import time
+    from pathlib import Path
+
+    here = Path(folder)
+    mine = here / f"running-{item}"
+    mine.write_text(str(os.getpid()))
+    (here / f"arrived-{item}").write_text("")
+    seen, deadline = 1, time.monotonic() + wait
+    try:
+        while time.monotonic() < deadline:
+            seen = max(seen, len(list(here.glob("running-*"))))
+            if seen >= parties or len(list(here.glob("arrived-*"))) >= parties:
+                break
+            time.sleep(0.02)
+    finally:
+        mine.unlink()
+    return {"item": item, "pid": os.getpid(), "seen": seen}
+
+
+@task
+def hold_until(release: str, started: str) -> int:
+    """Leave `started`, then run until the file `release` exists; return this worker's pid."""
+    import time
+    from pathlib import Path
+
+    Path(started).write_text(str(os.getpid()))
+    deadline = time.monotonic() + 300  # a guard: the test releases it
+    while not Path(release).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return os.getpid()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from helpers import max_overlap, timed_sleep
+from helpers import max_overlap, rendezvous, timed_sleep
 
 import scalegroups
 from scalegroups import ConfigurationError, OrchestrationError
@@ -60,59 +60,60 @@ def test_conflicting_declarations_are_refused():
         limited_group("conflict-a", 3)
 
 
-@pytest.mark.scalegroups_runners("process", "dask", "ray")
-def test_limit_holds_across_worker_processes(scalegroups_runner):
-    name = f"overlap-{scalegroups_runner}-{uuid.uuid4().hex[:6]}"
-    limits_module.sync({name: 2})
-    group = limited_group(name, 2)
+def rendezvous_group(name: str, limits: dict[str, int] | None = None, resources: dict | None = None):
+    @scalegroups.group(name=name, limits=limits or {}, resources=resources)
+    def meet(item: int, folder: str, parties: int, wait: float):
+        return rendezvous.submit(folder, item, parties, wait)
+
+    return meet
+
+
+def meet_all(group, folder, items: int, parties: int, wait: float) -> list[dict]:
+    folder.mkdir(parents=True, exist_ok=True)
 
     @scalegroups.flow
-    def run() -> list:
-        # 0.3 s per task: long enough next to Prefect's per-task overhead for two slots to be held at once
-        return [run.result() for run in scalegroups.as_completed(group.map(range(100), seconds=0.3))]
+    def run() -> list[dict]:
+        runs = group.map(range(items), folder=str(folder), parties=parties, wait=wait)
+        return [r.result() for r in scalegroups.as_completed(runs)]
 
-    results = run()
-    assert len(results) == 100
-    assert len({pid for _, _, pid in results}) >= 2, "all tasks ran in one process"
-    assert max_overlap([(start, end) for start, end, _ in results]) == 2
+    return run()
 
 
-@scalegroups.group(resources={"cpu": 2})
-def two_cpus(_: int):
-    return timed_sleep.submit(0.4)
+@pytest.mark.scalegroups_runners("process", "dask", "ray")
+def test_limit_holds_across_worker_processes(scalegroups_runner, tmp_path):
+    """Two workers run two tasks at once; a limit of 1 across them lets only one run at a time.
 
+    Evidence, not clocks: without the limit, tasks wait until they meet a second running task;
+    with it, each waits 4 s for a second one that must never come.
+    """
+    free = meet_all(rendezvous_group(f"free-{scalegroups_runner}"), tmp_path / "free", 2, parties=2, wait=120)
+    assert max(r["seen"] for r in free) == 2, "the runner never ran two tasks at once"
+    assert len({r["pid"] for r in free}) == 2
 
-@scalegroups.flow
-def run_two_cpus() -> list:
-    return [r.result() for r in two_cpus.map(range(4))]
+    name = f"one-{scalegroups_runner}-{uuid.uuid4().hex[:6]}"
+    limits_module.sync({name: 1})
+    limited = meet_all(rendezvous_group(name, limits={name: 1}), tmp_path / "limited", 3, parties=2, wait=4)
+    assert sorted(r["item"] for r in limited) == [0, 1, 2]
+    assert max(r["seen"] for r in limited) == 1, f"limit 1 was exceeded: {limited}"
 
 
 @pytest.mark.scalegroups_runners("ray")
-def test_ray_places_by_cpu(scalegroups_runner):
-    results = run_two_cpus()
-    assert max_overlap([(start, end) for start, end, _ in results]) == 1
+def test_ray_places_by_cpu(scalegroups_runner, tmp_path):
+    """cpu: 2 on a 2-CPU Ray: tasks run one at a time (each waits 3 s for a partner that never comes)."""
+    results = meet_all(rendezvous_group("two-cpus", resources={"cpu": 2}), tmp_path, 2, parties=2, wait=3)
+    assert max(r["seen"] for r in results) == 1
 
 
 @pytest.mark.scalegroups_runners("dask")
-def test_dask_refuses_resources_no_worker_has(scalegroups_runner):
+def test_dask_refuses_resources_no_worker_has(scalegroups_runner, tmp_path):
     with pytest.raises(ConfigurationError, match=r"no Dask worker advertises resources \{'CPU': 2.0\}"):
-        run_two_cpus()
-
-
-@scalegroups.group(resources={"cpu": 1})
-def one_cpu(_: int):
-    return timed_sleep.submit(2.0)  # longer than Ray takes to start a second worker process
-
-
-@scalegroups.flow
-def run_one_cpu() -> list:
-    return [r.result() for r in one_cpu.map(range(4))]
+        meet_all(rendezvous_group("two-cpus-dask", resources={"cpu": 2}), tmp_path, 1, parties=1, wait=1)
 
 
 @pytest.mark.scalegroups_runners("dask", "ray")
-def test_one_cpu_each_uses_both_workers(scalegroups_runner):
-    results = run_one_cpu()
-    assert max_overlap([(start, end) for start, end, _ in results]) == 2
+def test_one_cpu_each_uses_both_workers(scalegroups_runner, tmp_path):
+    results = meet_all(rendezvous_group(f"one-cpu-{scalegroups_runner}", resources={"cpu": 1}), tmp_path, 2, 2, 120)
+    assert max(r["seen"] for r in results) == 2
 
 
 def test_bad_resources_are_refused():

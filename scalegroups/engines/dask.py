@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import ctypes
 import logging
 import uuid
 from collections.abc import Iterator
@@ -15,14 +16,17 @@ from prefect_dask import DaskTaskRunner
 
 from scalegroups.engines import DaskSection
 from scalegroups.engines.base import EngineRunnerMixin
-from scalegroups.errors import ConfigurationError
+from scalegroups.errors import ConfigurationError, TaskInterrupted
 from scalegroups.extras import require
 from scalegroups.network import check_reachable, is_loopback
 from scalegroups.prefect_compat import install_worker_hooks, uninstall_worker_hooks
 from scalegroups.resources import Resources
+from scalegroups.timers import timers
 
 DASK_SCHEDULER_PORT = 8786
 PLUGIN_NAME = "scalegroups-worker-setup"
+#: seconds a timed-out task may take to stop after its interrupt before its worker is restarted
+INTERRUPT_GRACE_S = 10.0
 logger = logging.getLogger("scalegroups")
 
 
@@ -172,18 +176,62 @@ class DaskRunner(EngineRunnerMixin, DaskTaskRunner):
             yield
 
     def cancel_futures(self, futures: list[Any]) -> None:
-        """Cancel pending tasks; restart the workers still running any (a Dask thread cannot be stopped)."""
+        """Stop these tasks without touching any other: pending ones are cancelled, running ones get
+        `TaskInterrupted` raised in their thread. A task still running `INTERRUPT_GRACE_S` later (stuck
+        in C code) has its worker restarted, as a last resort."""
         wrapped = [f.wrapped_future for f in futures if hasattr(f, "wrapped_future")]
-        keys = {w.key for w in wrapped}
-        busy = [worker for worker, running in self.client.processing().items() if keys & set(running)]
+        keys = [w.key for w in wrapped]
+        interrupted = self.client.run(interrupt_tasks, keys, on_error="return")
         self.client.cancel(wrapped, force=True)
-        if busy:
-            logger.warning("restarting Dask workers %s to stop timed-out tasks", busy)
-            self.client.restart_workers(busy, raise_for_error=False)
+        if any(isinstance(found, list) and found for found in interrupted.values()):
+            timers.call_later(INTERRUPT_GRACE_S, lambda: self._restart_if_still_running(keys))
+
+    def _restart_if_still_running(self, keys: list[Any]) -> None:
+        try:
+            running = self.client.run(running_tasks, keys, on_error="return")
+        except Exception:  # the cluster went away meanwhile
+            return
+        stuck = [worker for worker, found in running.items() if isinstance(found, list) and found]
+        if stuck:
+            logger.warning("tasks ignored the interrupt for %s s; restarting Dask workers %s", INTERRUPT_GRACE_S, stuck)
+            self.client.restart_workers(stuck, raise_for_error=False)
 
     def share(self, value: Any) -> Any:
-        """Scatter `value` to the cluster once; tasks receive the data, not a copy per submit."""
-        return self.client.scatter(value, hash=False)
+        """Scatter `value` to the cluster once; tasks receive the data, not a copy per submit.
+
+        Kept on two workers where there are two, so a worker restarted (or lost) does not lose it.
+        """
+        shared = self.client.scatter(value, hash=False)
+        if len(self.client.nthreads()) > 1:
+            self.client.replicate([shared], n=2)
+        return shared
+
+
+def running_tasks(keys: list[Any], dask_worker: Any) -> list[Any]:
+    """On a Dask worker: which of `keys` a thread of this worker is running now."""
+    wanted = set(keys)
+    with dask_worker.active_threads_lock:
+        return [key for key in dask_worker.active_threads.values() if key in wanted]
+
+
+def interrupt_tasks(keys: list[Any], dask_worker: Any) -> list[Any]:
+    """On a Dask worker: raise `TaskInterrupted` in the threads running `keys`; return those keys."""
+    wanted = set(keys)
+    with dask_worker.active_threads_lock:
+        targets = [(ident, key) for ident, key in dask_worker.active_threads.items() if key in wanted]
+    for ident, _ in targets:
+        raise_in_thread(ident, TaskInterrupted)
+    return [key for _, key in targets]
+
+
+def raise_in_thread(thread_id: int, exception: type[BaseException]) -> bool:
+    """Raise `exception` in another thread of this process at its next Python instruction.
+
+    CPython's `PyThreadState_SetAsyncExc` (a documented C-API call): it reaches pure-Python code
+    (and `time.sleep`, which returns to Python at least every interval), not a long C call.
+    """
+    affected = ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exception))
+    return affected == 1
 
 
 def _unregister(client: Any) -> None:

@@ -1,0 +1,214 @@
+"""Every Prefect internal scalegroups relies on (scalegroups/prefect_compat.py), checked here.
+
+A Prefect release that changes one of them fails one of these tests, named after the hook, instead
+of slowing down or breaking a user's flow. Engine-free: threads of this process stand in for
+worker processes, and pickling stands in for the wire.
+"""
+
+from __future__ import annotations
+
+import inspect
+import pickle
+import subprocess
+import sys
+import threading
+from concurrent.futures import ProcessPoolExecutor
+
+import cloudpickle
+import prefect.context
+import prefect.task_engine
+import prefect.task_runners
+import pytest
+from prefect import flow, task
+from prefect.context import EngineContext, FlowRunContext, SettingsContext, SyncClientContext, serialize_context
+from prefect.settings import get_current_settings
+
+from scalegroups import prefect_compat as compat
+
+
+def in_fresh_thread(fn):
+    """Run `fn` in a new thread (a fresh context, as in a worker) and return its result."""
+    box = {}
+
+    def run():
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # re-raised below
+            box["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+@flow
+def capture_context() -> dict:
+    """Serialize the flow's context twice under ship_context_once(), and once without it."""
+    plain = serialize_context()
+    with compat.ship_context_once():
+        first, second = serialize_context(), serialize_context()
+    return {"plain": plain, "first": first, "second": second, "flow_run_id": FlowRunContext.get().flow_run.id}
+
+
+@pytest.fixture(scope="module")
+def captured(scalegroups_prefect_api):
+    return capture_context()
+
+
+# ---------------------------------------------------------------- 1. shipping the context once
+
+
+def test_serialize_methods_are_what_serialize_context_calls(captured):
+    plain = captured["plain"]
+    assert set(plain) >= {"settings_context", "flow_run_context", "task_run_context", "tags_context"}
+    assert set(plain["settings_context"]) == {"profile", "settings"}
+    assert {"flow_run", "flow", "parameters"} <= set(plain["flow_run_context"])
+    params = inspect.signature(SettingsContext.serialize).parameters
+    assert "include_secrets" in params and "include_secrets" in inspect.signature(EngineContext.serialize).parameters
+
+
+def test_parts_are_serialized_once_and_restored_as_one_object(captured):
+    first, second = captured["first"], captured["second"]
+    for part in ("settings_context", "flow_run_context"):
+        assert isinstance(first[part], compat.ShippedOnce)
+        assert first[part]._shipment.key == second[part]._shipment.key, "serialized again for the same run"
+        restored = pickle.loads(pickle.dumps(first[part]))
+        assert pickle.loads(pickle.dumps(second[part])) is restored, "a worker would rebuild it per task"
+        assert restored.keys() == first[part].keys()
+        assert {k: v for k, v in restored.items() if k != "flow"} == {
+            k: v for k, v in first[part].items() if k != "flow"
+        }
+        relayed = pickle.loads(cloudpickle.dumps(restored))  # e.g. Dask's scheduler relaying a task
+        assert relayed is restored
+
+
+def test_scope_is_undone(captured):
+    assert not compat.shipping_context_once()
+    assert SettingsContext.serialize.__qualname__ == "SettingsContext.serialize"
+    assert EngineContext.serialize.__qualname__ == "EngineContext.serialize"
+
+
+def test_prefect_hydrates_a_shipped_part(captured):
+    """Prefect's own hydrated_context accepts the parts (mapping protocol: `**part`, `.get`)."""
+    shipped = {k: pickle.loads(pickle.dumps(v)) for k, v in captured["first"].items()}
+
+    def hydrate():
+        with prefect.context.hydrated_context(shipped):
+            return FlowRunContext.get().flow_run.id, get_current_settings().api.url
+
+    run_id, api_url = in_fresh_thread(hydrate)
+    assert run_id == captured["flow_run_id"]
+    assert api_url == get_current_settings().api.url
+
+
+# ------------------------------------------------------------------------- 2. worker hooks
+
+
+def test_the_task_engine_and_the_process_pool_look_hydrated_context_up_by_name():
+    assert prefect.task_engine.hydrated_context is prefect.context.hydrated_context
+    source = inspect.getsource(prefect.task_runners._run_task_with_hydrated_context)
+    assert "from prefect.context import hydrated_context" in source
+    assert list(inspect.signature(prefect.context.hydrated_context).parameters) == ["serialized_context", "client"]
+
+
+def test_sync_client_context_is_found_in_its_context_variable(scalegroups_prefect_api):
+    from prefect.client.orchestration import get_client
+
+    client = get_client(sync_client=True)
+    with compat._WorkerHooks._client_context(client), SyncClientContext.get_or_create() as found:
+        assert found.client is client
+        assert get_client(sync_client=True) is client
+    assert SyncClientContext.get() is None
+
+
+def test_worker_hooks_reuse_settings_and_client_and_hydrate_like_prefect(captured):
+    shipped = {k: pickle.loads(pickle.dumps(v)) for k, v in captured["first"].items()}
+
+    def hydrate():
+        with prefect.context.hydrated_context(shipped):
+            ctx = FlowRunContext.get()
+            client_context = SyncClientContext.get()  # the engine's get_or_create() finds this one
+            return get_current_settings(), ctx.client, ctx.flow_run.id, client_context and client_context.client
+
+    stock = in_fresh_thread(hydrate)
+    compat.install_worker_hooks()
+    try:
+        assert prefect.context.hydrated_context is prefect.task_engine.hydrated_context
+        assert compat.worker_hooks_installed()
+        one, two = in_fresh_thread(hydrate), in_fresh_thread(hydrate)
+    finally:
+        compat.uninstall_worker_hooks()
+    assert not compat.worker_hooks_installed()
+    assert prefect.context.hydrated_context.__qualname__ == "hydrated_context", "not restored"
+    assert one[0] is two[0], "Settings rebuilt per task run"
+    assert one[1] is two[1] is one[3], "a new API client per task run"
+    assert one[2] == two[2] == stock[2] == captured["flow_run_id"]
+    assert one[0].hash_key() == stock[0].hash_key(), "hooked settings differ from Prefect's"
+
+
+def test_install_twice_and_uninstall_restores_the_original():
+    original = prefect.context.hydrated_context
+    compat.install_worker_hooks()
+    compat.install_worker_hooks()
+    compat.uninstall_worker_hooks()
+    assert prefect.context.hydrated_context is original
+    assert prefect.task_engine.hydrated_context is original
+
+
+# ----------------------------------------------------------------------- 3. small reads
+
+
+def test_cache_policy_was_chosen_reads_the_users_choice():
+    from prefect.cache_policies import INPUTS
+
+    assert compat.cache_policy_was_chosen(task(cache_policy=INPUTS)(lambda: 1))
+    assert not compat.cache_policy_was_chosen(task(lambda: 1))
+
+
+def _pid() -> int:
+    import os
+
+    return os.getpid()
+
+
+def test_pool_processes_lists_a_process_pools_workers():
+    import multiprocessing
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pid = pool.submit(_pid).result()
+        assert [p.pid for p in compat.pool_processes(pool)] == [pid]
+
+
+def test_runner_pool_size_reads_prefects_pools():
+    from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
+
+    assert compat.runner_pool_size(ThreadPoolTaskRunner(max_workers=3)) == 3
+    assert compat.runner_pool_size(ProcessPoolTaskRunner(max_workers=2)) == 2
+
+
+def test_call_at_thread_shutdown_runs_after_later_registrations():
+    code = (
+        "import threading\n"
+        "from scalegroups.prefect_compat import call_at_thread_shutdown\n"
+        "call_at_thread_shutdown(lambda: print('ours', flush=True))\n"
+        "threading._register_atexit(lambda: print('prefect', flush=True))\n"
+        "import atexit; atexit.register(lambda: print('atexit', flush=True))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["prefect", "ours", "atexit"]
+
+
+def test_as_flow_subclass_takes_a_prefect_flow_over():
+    from prefect import Flow
+
+    class Sub(Flow):
+        def hello(self) -> str:
+            return f"hello {self.name}"
+
+    built = flow(name="taken-over")(lambda: 1)
+    assert "name" in vars(built), "Flow keeps its state in __dict__"
+    taken = compat.as_flow_subclass(built.with_options(retries=1), Sub)
+    assert isinstance(taken, Sub) and taken.hello() == "hello taken-over" and taken.retries == 1
