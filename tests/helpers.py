@@ -242,3 +242,14 @@ def hold_until(release: str, started: str) -> int:
     while not Path(release).exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     return os.getpid()
+
+
+@task
+def nap_and_note(folder: str, item: int, seconds: float) -> int:
+    """Sleep, then leave `done-<item>` in `folder` (evidence that the item finished)."""
+    import time
+    from pathlib import Path
+
+    time.sleep(seconds)
+    Path(folder, f"done-{item}").write_text(str(os.getpid()))
+    return item

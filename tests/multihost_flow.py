@@ -18,7 +18,7 @@ def where(item: int, seconds: float) -> dict:
 
     time.sleep(seconds)
     addresses = [a.address for nics in psutil.net_if_addrs().values() for a in nics if a.address.startswith("10.77.")]
-    return {"item": item, "host": addresses[0] if addresses else "?"}
+    return {"item": item, "host": addresses[0] if addresses else "?", "ended": time.time()}
 
 
 @scalegroups.group
@@ -33,7 +33,9 @@ def spread(items: int = 30, seconds: float = 0.4) -> dict:
     results, failures = {}, {}
     for run in scalegroups.as_completed(runs):
         try:
-            results[run.key] = run.result()["host"]
+            result = run.result()
+            results[run.key] = [result["host"], result["ended"]]
+            print(f"DONE {run.key} {result['host']}", flush=True)  # the test cuts a host on this evidence
         except Exception as exc:
             failures[run.key] = repr(exc)
     return {"results": results, "failures": failures}

@@ -5,10 +5,9 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
-from helpers import REPO, gone_within, kill_marked, marked_env, processes_with_marker, run_python
+from helpers import REPO, eventually, gone_within, kill_marked, marked_env, processes_with_marker, run_python
 
 
 @pytest.mark.slow
@@ -35,8 +34,7 @@ def test_keyboard_interrupt_leaves_nothing(runner):
         for line in child.stdout:
             if "READY" in line:
                 break
-        time.sleep(1)
-        assert len(processes_with_marker(marker)) > 1, "the flow started no worker processes"
+        eventually(lambda: len(processes_with_marker(marker)) > 1, "the flow's worker processes")
         child.send_signal(signal.SIGINT)
         child.wait(timeout=60)
     finally:
