@@ -31,6 +31,7 @@ Suites:
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import importlib.metadata
 import json
@@ -62,7 +63,9 @@ MARKER = "SCALEGROUPS_COMPAT_RUN"  # every process a run starts inherits it: how
 # the costliest variant after the default (each test starts a cluster of worker processes).
 DASK_SKIPPED_VARIANTS = ["dask_task_runner_with_process_pool"]
 # prefect-ray: each of the three cluster variants starts its own Ray cluster (an in-process
-# two-node cluster, a temporary one, or `ray start` + Ray Client) and a hosted Prefect API.
+# two-node cluster, a temporary one, or `ray start` + Ray Client) and a hosted Prefect API for
+# each of its 12 tests: measured 12-38 s per test, about 14 minutes per run for the 36. The
+# `ray start` variant also runs `ray stop --force`, which stops every Ray on the machine.
 RAY_SKIPPED_VARIANTS = [
     "ray_task_runner_with_inprocess_cluster",
     "ray_task_runner_with_temporary_cluster",
@@ -110,8 +113,16 @@ SUITES = {
 }
 
 
+_output = threading.Lock()
+_lane = threading.local()  # each suite runs in its own thread; its lines carry its name
+
+
 def say(message: str = "") -> None:
-    print(message, flush=True)
+    prefix = getattr(_lane, "prefix", "")
+    with _output:
+        for line in message.split("\n"):
+            sys.stdout.write(f"{prefix}{line}\n" if prefix and line else f"{line}\n")
+        sys.stdout.flush()
 
 
 FAILING = {"failed", "error", "did not run"}
@@ -161,22 +172,20 @@ def extract(suite: Suite) -> tuple[str, Path]:
     return version, target
 
 
-def check_prefect_own_suite() -> None:
-    """Print why Prefect's own runner tests are not run (or that a release now ships them)."""
+def check_prefect_own_suite() -> str:
+    """Why Prefect's own runner tests are not run (or that a release now ships them)."""
     try:
         version, archive = sdist("prefect")
     except CouldNotRun as exc:
-        say(f"prefect's own suite: not checked: {exc}")
-        return
+        return f"not checked: {exc}"
     with tarfile.open(archive) as tar:
         names = {m.name.split("/", 1)[1] for m in tar.getmembers() if "/" in m.name}
     if "tests/test_task_runners.py" in names:
-        say(
+        return (
             f"NOTE: the prefect {version} sdist now ships tests/test_task_runners.py: it is not wired into "
             "this harness yet (compat_bind.BINDINGS has no thread/process entry)."
         )
-    else:
-        say(PREFECT_OWN_SUITE.format(version=version))
+    return PREFECT_OWN_SUITE.format(version=version)
 
 
 # -- one pytest run -------------------------------------------------------------------------------
@@ -201,7 +210,7 @@ def run_pytest(
 ) -> Run:
     """Run the upstream test file (or some of its tests) in a fresh process and Prefect home."""
     marker = uuid.uuid4().hex
-    home = Path(tempfile.mkdtemp(prefix="scalegroups-compat-home-"))
+    home = Path(tempfile.mkdtemp(prefix="sgc-"))  # short: Ray's socket paths below it have a length limit
     logs = CACHE / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     log = logs / f"{suite.name}-{label}.log"
@@ -213,6 +222,9 @@ def run_pytest(
         # as in an activated venv: upstream fixtures run `uvicorn` (hosted API) and `ray` by name
         PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", os.defpath)]),
         PREFECT_HOME=str(home / "prefect-home"),
+        # Ray's session files, and the file through which an address-less ray.init() finds a running
+        # cluster: private, so upstream's ray.init() never joins a Ray someone else started here
+        RAY_TMPDIR=str(home),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
         PYTHONPATH=os.pathsep.join([str(HERE), *filter(None, [os.environ.get("PYTHONPATH")])]),
@@ -233,13 +245,15 @@ def run_pytest(
         "no:scalegroups",  # our own pytest plugin stays out of upstream's runs (both modes)
         "-p",
         "no:cacheprovider",
-        "--timeout=300",
+        # per test; the slowest took 45 s on a loaded machine. A hung session fixture (seen once:
+        # prefect-ray's hosted API server under a load of 9) costs this long before the re-run.
+        "--timeout=180",
         # Native tracebacks: pytest's own formatting parses source with `ast`, which on Python 3.11
         # crashed a whole run (INTERNALERROR "AST constructor recursion depth mismatch", a CPython
         # bug with other threads compiling at the same time).
         "--tb=native",
         "-rfEs",
-        "--durations=0",
+        "--durations=10",
     ]
     say(f"--- {suite.dist} {label}: {' '.join(command[3:])}")
     start = time.monotonic()
@@ -294,11 +308,12 @@ def run_pytest(
 
 
 class Echo:
-    """Copy pytest's output to ours, except the failure sections (their captured logs run to
-    thousands of lines): those stay in the log file, and the summary gives each failure's end."""
+    """Copy pytest's output to ours, except the failure and warning sections (with their captured
+    logs they run to thousands of lines): those stay in the log file; our summary gives the end
+    of each failure's traceback."""
 
-    HIDE = re.compile(r"^=+ (FAILURES|ERRORS) =+$")
-    SHOW = re.compile(r"^=+ .*(warnings summary|short test summary info|passed|failed|error|skipped).* =+$")
+    HIDE = re.compile(r"^=+ (FAILURES|ERRORS|warnings summary) =+$")
+    SHOW = re.compile(r"^=+ .*(slowest|short test summary info|passed|failed|error|skipped).* =+$")
 
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
@@ -310,12 +325,11 @@ class Echo:
                 continue
             if self.HIDE.match(line.strip()):
                 self.hiding = True
-                sys.stdout.write(f"{line.rstrip()}\n(the failure details are in the log file named below)\n")
+                say(f"{line.rstrip()}\n(the details are in the log file named below)")
             elif self.hiding and self.SHOW.match(line.strip()):
                 self.hiding = False
             if not self.hiding:
-                sys.stdout.write(line)
-        sys.stdout.flush()
+                say(line.rstrip("\n"))
 
 
 def stop_leftovers(marker: str, grace: float = 10.0) -> list[str]:
@@ -462,6 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--suites", default="dask,ray,prefect", help="comma-separated: dask, ray, prefect")
     parser.add_argument("--no-rerun", action="store_true", help="count suspects without re-running them")
     parser.add_argument("--full", action="store_true", help="also the runner variants left out by default")
+    parser.add_argument("--serial", action="store_true", help="run the suites one after the other")
     parser.add_argument("--timeout", type=float, default=1200, help="seconds for one suite run")
     parser.add_argument("nodeids", nargs="*", help="run only these tests (nodeids of the upstream file)")
     args = parser.parse_args(argv)
@@ -473,18 +488,21 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     outcomes: list[Outcome] = []
     problems: list[str] = []
-    for name in names:
+    notes: list[str] = []
+
+    def lane(name: str) -> None:
+        """One suite: stock, then ours, then the re-runs; its lines are prefixed with its name."""
+        _lane.prefix = f"[{name}] "
         if name == "prefect":
-            say("\n=== prefect: its own ThreadPoolTaskRunner/ProcessPoolTaskRunner tests")
-            check_prefect_own_suite()
-            continue
+            notes.append(check_prefect_own_suite())
+            return
         suite = SUITES[name]
         if args.full:
             suite.deselect_params = []
         suite_start = time.monotonic()
         try:
             version, project = extract(suite)
-            say(f"\n=== {suite.dist} {version}: {suite.test_file}, stock then ours")
+            say(f"=== {suite.dist} {version}: {suite.test_file}, stock then ours")
             stock = run_pytest(suite, project, "stock", args.nodeids, args.timeout, "stock")
             check_run(suite, stock, suite.stock)
             if stock.count("passed") == 0:
@@ -497,6 +515,22 @@ def main(argv: list[str] | None = None) -> int:
             say(f"!!! {suite.dist} could not run: {exc}")
         say(f"=== {suite.dist}: {time.monotonic() - suite_start:.0f} s")
 
+    # The suites run side by side, each in its own lane: they wait more than they compute (engine
+    # and server start-ups, sleeps in the tests, a 70 s log drain at the end of prefect-ray's session),
+    # and one after the other they took over 20 minutes here. Within a suite, stock and ours run
+    # one after the other, so both see the other suite's load. --serial runs the suites in turn.
+    if args.serial:
+        for name in names:
+            lane(name)
+    else:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(names)) as pool:
+            for future in [pool.submit(lane, name) for name in names]:
+                future.result()
+    _lane.prefix = ""
+
+    for note in notes:
+        say("\n=== prefect: its own ThreadPoolTaskRunner/ProcessPoolTaskRunner tests")
+        say(note)
     say("\n" + "=" * 100)
     for outcome in outcomes:
         print_outcome(outcome)
