@@ -10,19 +10,26 @@ test files it needs are extracted, and its `tests/test_task_runners.py` runs twi
   test module is imported, and checks that the test module sees ours.
 
 A *regression* is a test that passed on stock and failed (or errored, or did not run) on ours. A
-test that fails on stock is never one, whatever it does on ours. Every suspect is re-run once,
-alone, on both runners (2 shared cores make the timing tests flaky): it is a regression only if
-it then fails on ours and passes on stock. The stock failures are always printed.
+test that fails on stock is never one, whatever it does on ours. The suspects are re-run once,
+apart from the rest of the suite (all of a suite's suspects in one fresh pytest process per
+runner), on both runners (2 shared cores make the timing tests flaky): a suspect is a regression
+only if it then fails on ours and passes on stock. The stock failures are always printed.
+
+Every run gets a fresh PREFECT_HOME and Ray temp folder, none of the caller's PREFECT_* or
+SCALEGROUPS_* variables, PREFECT_SERVER_ANALYTICS_ENABLED=false and a 120 s ephemeral server
+start-up timeout, the same in both modes; our own pytest plugin is disabled in both. Processes a
+run leaves behind (found by an inherited marker variable) are stopped and named.
 
 Exit status: 0 no regression; 1 regressions; 2 a run could not run (download, collection, a
 wrong binding, a timeout, a stock run where nothing passed).
 
 Suites:
 
-- prefect-dask `tests/test_task_runners.py`: all of it.
+- prefect-dask `tests/test_task_runners.py`: all but the `process_pool` runner variant
+  (`DASK_SKIPPED_VARIANTS`; `--full` runs it).
 - prefect-ray `tests/test_task_runners.py`: the `default_ray_task_runner` variant and the tests
   without a runner fixture. Its three cluster variants start a Ray cluster (and a hosted Prefect
-  API) per test; see `RAY_CLUSTER_VARIANTS` for the measured cost.
+  API) per test; see `RAY_SKIPPED_VARIANTS` for the measured cost (`--full` runs them).
 - Prefect's own `tests/test_task_runners.py` (ThreadPoolTaskRunner / ProcessPoolTaskRunner):
   cannot run; see `PREFECT_OWN_SUITE`. The `prefect` sdist is downloaded anyway so this check
   notices if a release starts shipping the file.
