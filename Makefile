@@ -5,11 +5,12 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+COMPAT_STAMP := $(VENV)/.installed-compat
 PYTEST_ARGS ?=
 
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: install demo test test-k8s test-quick lint bench clean
+.PHONY: install demo test test-compat test-k8s test-quick lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +34,15 @@ test: install
 test-k8s: install
 	SCALEGROUPS_K8S_E2E=1 $(BIN)/python -m pytest tests/test_k8s_e2e.py -v -s -p no:cacheprovider $(PYTEST_ARGS)
 
+# prefect-dask's and prefect-ray's own runner tests, unchanged, on the stock runners and on ours
+# (tests/compat/run.py; sdists cached in .compat-cache/). Fails on a test that passes on stock only.
+$(COMPAT_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[all,test,compat]"
+	touch $(COMPAT_STAMP)
+
+test-compat: $(COMPAT_STAMP)
+	$(BIN)/python tests/compat/run.py $(COMPAT_ARGS)
+
 test-quick: install
 	$(MAKE) test PYTEST_ARGS="-m 'not slow' --scalegroups-runners=thread,dask"
 
@@ -41,7 +51,7 @@ lint: install
 	$(BIN)/ruff format --check scalegroups tests examples $(wildcard benchmarks)
 
 clean:
-	rm -rf $(VENV) .prefect-test .pytest_cache build dist
+	rm -rf $(VENV) .prefect-test .pytest_cache .compat-cache build dist
 
 bench: install
 	$(BIN)/python -m benchmarks.run
