@@ -12,6 +12,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from scalegroups import k8s_secrets
 from scalegroups.errors import ConfigurationError, ScalegroupsError
 
 PACKAGES = ("scalegroups", "prefect", "prefect-dask", "prefect-ray", "dask", "distributed", "ray")
@@ -282,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     wait.add_argument("--profile", help="profile name or YAML path")
     wait.add_argument("--timeout", type=float, default=300, help="seconds (default 300)")
     wait.set_defaults(handler=cmd_wait)
+
+    k8s_secrets.add_command(commands)
     return parser
 
 
