@@ -61,6 +61,26 @@ def _profiles_toml(settings: dict[str, str], purpose: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def namespace_manifest(namespace: str = NAMESPACE) -> dict[str, Any]:
+    """The namespace, as k8s/00-namespace.yaml has it (first in the output, so that the Secrets can be
+    applied to a fresh cluster); its labels make the API server enforce the "restricted" Pod
+    Security Standard."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {
+            "name": namespace,
+            "labels": {
+                **LABELS,
+                "pod-security.kubernetes.io/enforce": "restricted",
+                "pod-security.kubernetes.io/enforce-version": "latest",
+                "pod-security.kubernetes.io/warn": "restricted",
+                "pod-security.kubernetes.io/audit": "restricted",
+            },
+        },
+    }
+
+
 def _secret(name: str, namespace: str, data: dict[str, str], type_: str = "Opaque") -> dict[str, Any]:
     return {
         "apiVersion": "v1",
@@ -220,10 +240,12 @@ def render(manifests: list[dict[str, Any]]) -> str:
 
 
 def cmd_k8s_secrets(args: argparse.Namespace) -> int:
-    """Print the Secret manifests of the k8s/ stack with fresh random values."""
+    """Print the namespace and the Secret manifests of the k8s/ stack with fresh random values."""
     manifests = generate(args.namespace, args.days)
-    sys.stdout.write("# Secrets for the scalegroups k8s/ stack, made by `scalegroups k8s-secrets`.\n")
-    sys.stdout.write(render(manifests))
+    sys.stdout.write(
+        "# The namespace and the Secrets of the scalegroups k8s/ stack, made by `scalegroups k8s-secrets`.\n"
+    )
+    sys.stdout.write(render([namespace_manifest(args.namespace), *manifests]))
     print(
         f"scalegroups: {len(manifests)} Secrets for namespace {args.namespace!r} (Dask certificates valid "
         f"{args.days} days). Apply them once: applying a new set replaces every credential, and PostgreSQL "

@@ -9,7 +9,7 @@ import threading
 import tomllib
 
 import yaml
-from helpers import run_python
+from helpers import REPO, run_python
 
 from scalegroups import k8s_secrets
 
@@ -25,7 +25,7 @@ EXPECTED = {
 
 
 def _by_name(manifests):
-    return {m["metadata"]["name"]: m for m in manifests}
+    return {m["metadata"]["name"]: m for m in manifests if m["kind"] == "Secret"}
 
 
 def _profile(secret):
@@ -43,10 +43,18 @@ def test_command_prints_every_secret_with_fresh_values():
     assert set(one) == set(two) == EXPECTED
     assert {m["metadata"]["namespace"] for m in one.values()} == {"scalegroups"}
     assert {m["metadata"]["namespace"] for m in two.values()} == {"other"}
+    first_doc = next(yaml.safe_load_all(first.stdout))
+    assert first_doc["kind"] == "Namespace" and first_doc["metadata"]["name"] == "scalegroups"
     for name in EXPECTED:
         for key, value in one[name]["stringData"].items():
             if key != "ca.crt" or name == "dask-client-tls":
                 assert value != two[name]["stringData"][key], f"{name}/{key} repeated between runs"
+
+
+def test_the_namespace_is_the_one_k8s_defines():
+    """`k8s-secrets | kubectl apply` creates the namespace on a fresh cluster: the same as k8s/'s."""
+    defined = yaml.safe_load((REPO / "k8s" / "00-namespace.yaml").read_text())
+    assert k8s_secrets.namespace_manifest() == defined
 
 
 def test_shared_values_agree_and_are_strong():
