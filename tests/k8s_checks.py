@@ -42,6 +42,7 @@ from urllib.parse import urlsplit
 import yaml
 
 KUBERNETES_VERSION = "1.32"
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: 10x faster than the pure-Python loader
 WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "ReplicaSet"}
 
 
@@ -78,7 +79,7 @@ def load(folder: Path) -> list[Manifest]:
     """Every YAML document of the folder's top level (what `kubectl apply -f folder` reads)."""
     manifests = []
     for path in sorted(folder.glob("*.y*ml")):
-        for doc in yaml.safe_load_all(path.read_text()):
+        for doc in yaml.load_all(path.read_text(), Loader=_LOADER):
             if doc:
                 manifests.append(Manifest(path, doc))
     return manifests
