@@ -21,7 +21,7 @@ def test_packaged_profiles_validate():
 
 def test_k8s_profile_points_at_the_in_cluster_services():
     profile = load_profile("k8s")
-    assert profile.dask.address == "tcp://dask-scheduler:8786"
+    assert profile.dask.address == "tls://dask-scheduler:8786"  # mutual TLS (k8s/40-dask.yaml)
     assert profile.ray.address == "ray://ray-head:10001"
 
 
