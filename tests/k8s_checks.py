@@ -837,7 +837,7 @@ class NetworkModel:
         ]
 
     def _side(self, selected: Pod, other: Pod, direction: str, destination: Pod) -> tuple[frozenset | None, list[str]]:
-        policies = self._policies_for(selected, direction) if selected.manifest else []
+        policies = [] if selected.key == DNS else self._policies_for(selected, direction)
         if not policies:
             return ALL_PORTS, []
         ports: frozenset | None = frozenset()
