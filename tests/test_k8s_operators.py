@@ -408,3 +408,14 @@ def test_static_and_operator_folders_stay_apart():
     """`kubectl apply -f k8s/` reads only the top level: the operator variants are opt-in."""
     assert not any(m.path.parent == OPERATORS for m in load(REPO / "k8s"))
     assert copy.deepcopy(daskcluster())["kind"] == "DaskCluster"
+
+
+def test_worker_resources_match_the_worker_pods_limits():
+    """What the profile makes workers advertise (worker_resources) is what their containers get."""
+    from dask.utils import parse_bytes
+
+    dask = yaml.safe_load(PROFILE.read_text())["dask"]
+    limits = dask["cluster_kwargs"]["custom_cluster_spec"]["spec"]["worker"]["spec"]["containers"][0]["resources"][
+        "limits"
+    ]
+    assert dask["worker_resources"] == {"CPU": int(limits["cpu"]), "MEMORY": parse_bytes(limits["memory"])}
