@@ -231,7 +231,11 @@ RAYCLUSTER_FACTS = {
                 "authOptions": {
                     "type": "object",
                     "additionalProperties": False,
-                    "properties": {"mode": {"enum": ["disabled", "token"]}, "enableK8sTokenAuth": {"type": "boolean"}},
+                    "properties": {
+                        "mode": {"enum": ["disabled", "token"]},
+                        "enableK8sTokenAuth": {"type": "boolean"},
+                        "secretName": {"type": "string"},  # KubeRay 1.6
+                    },
                 },
                 "autoscalerOptions": {"type": "object"},
                 "enableInTreeAutoscaling": {"type": "boolean"},
