@@ -617,21 +617,20 @@ def check_authentication(manifests: list[Manifest], report: Report, folder: Path
                         report.add(manifest, f"{where}.command", f"missing {option}: Dask traffic is mutual TLS")
                 if command[1] == "worker" and not any(a.startswith("tls://") for a in command):
                     report.add(manifest, f"{where}.command", "the worker must reach the scheduler at a tls:// address")
-            if command[:2] == ["ray", "start"] or "SCALEGROUPS_PROFILE" in values:
-                ray_client = "SCALEGROUPS_PROFILE" in values and command[:2] != ["scalegroups", "wait"]
-                if command[:2] == ["ray", "start"] or ray_client:
-                    if env.get("RAY_AUTH_MODE") != "token":
-                        report.add(manifest, f"{where}.env.RAY_AUTH_MODE", "must be token (Ray's token authentication)")
-                    if _mounted_secret(spec, container, env.get("RAY_AUTH_TOKEN_PATH", "")) != "ray-auth":
-                        report.add(
-                            manifest,
-                            f"{where}.env.RAY_AUTH_TOKEN_PATH",
-                            "must name the token in mounted Secret ray-auth",
-                        )
-            if "SCALEGROUPS_PROFILE" in values and command[:2] != ["scalegroups", "wait"]:
-                dask_address = str(
-                    (_profile_data(folder, values["SCALEGROUPS_PROFILE"]).get("dask") or {}).get("address", "")
-                )
+            profile_data = _profile_data(folder, values.get("SCALEGROUPS_PROFILE"))
+            flow_process = "SCALEGROUPS_PROFILE" in values and command[:2] != ["scalegroups", "wait"]
+            ray_address = str((profile_data.get("ray") or {}).get("address") or "local")
+            if command[:2] == ["ray", "start"] or (flow_process and ray_address != "local"):
+                if env.get("RAY_AUTH_MODE") != "token":
+                    report.add(manifest, f"{where}.env.RAY_AUTH_MODE", "must be token (Ray's token authentication)")
+                if _mounted_secret(spec, container, env.get("RAY_AUTH_TOKEN_PATH", "")) != "ray-auth":
+                    report.add(
+                        manifest,
+                        f"{where}.env.RAY_AUTH_TOKEN_PATH",
+                        "must name the token in mounted Secret ray-auth",
+                    )
+            if flow_process:
+                dask_address = str((profile_data.get("dask") or {}).get("address") or "")
                 if dask_address.startswith("tls://"):
                     if str(env.get("DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION", "")).lower() != "true":
                         report.add(manifest, f"{where}.env.DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION", "must be true")
