@@ -13,6 +13,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from scalegroups import k8s_secrets
 from scalegroups.errors import ConfigurationError, ScalegroupsError
 
 PACKAGES = ("scalegroups", "prefect", "prefect-dask", "prefect-ray", "dask", "distributed", "ray")
@@ -174,17 +175,38 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_wait(args: argparse.Namespace) -> int:
-    """Wait until the Prefect API and the resolved runner's cluster address answer."""
-    from scalegroups.network import check_http_ok, wait_until
+    """Wait until the Prefect API and the resolved runner's cluster address answer.
+
+    A malformed URL or address, credentials the API refuses and an untrusted TLS certificate are
+    configuration errors: reported at once (exit 2), not waited for.
+    """
+    from prefect.settings import get_current_settings
+
+    from scalegroups.network import (
+        api_ssl_context,
+        check_api_credentials,
+        check_http_ok,
+        parse_http_url,
+        split_host_port,
+        wait_until,
+    )
     from scalegroups.runners import build_task_runner, resolve_runner
-    from scalegroups.server import configured_api_url
 
     _set_selection(args)
     spec = resolve_runner()
-    api = configured_api_url()
+    settings = get_current_settings().api
+    api = settings.url
     if api:
-        wait_until(lambda: check_http_ok(api.rstrip("/") + "/ready"), f"Prefect API {api}", args.timeout)
-        print(f"Prefect API {api} ready", file=sys.stderr)
+        parse_http_url(api, "PREFECT_API_URL")
+    if spec.address:
+        split_host_port(spec.address, 0)
+    if api:
+        auth = settings.auth_string.get_secret_value() if settings.auth_string else None
+        context = api_ssl_context(settings.ssl_cert_file, settings.tls_insecure_skip_verify)
+        ready = api.rstrip("/") + "/ready"
+        wait_until(lambda: check_http_ok(ready, ssl_context=context), f"Prefect API {api}", args.timeout)
+        check_api_credentials(api, auth, context)
+        print(f"Prefect API {api} ready{' (authenticated)' if auth else ''}", file=sys.stderr)
     if spec.address:
         runner = build_task_runner(spec)
         wait_until(runner.preflight, f"{spec.runner} cluster {spec.address}", args.timeout)
@@ -295,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     wait.add_argument("--profile", help="profile name or YAML path")
     wait.add_argument("--timeout", type=float, default=300, help="seconds (default 300)")
     wait.set_defaults(handler=cmd_wait)
+
+    k8s_secrets.add_command(commands)
     return parser
 
 
