@@ -174,7 +174,7 @@ class _FlowSidePatches:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._users = 0
-        self._originals: dict[str, Any] = {}
+        self._originals: dict[type, Any] = {}
         self._settings_cache = _SerializeCache()
         self._run_cache = _SerializeCache(size=8)
 
@@ -196,15 +196,13 @@ class _FlowSidePatches:
             fingerprint = (id(ctx.flow_run), id(ctx.flow), id(ctx.parameters), id(ctx.result_store))
             return run_cache.get(ctx, include_secrets, fingerprint, lambda: run_serialize(ctx, include_secrets))
 
-        self._originals = {"settings": settings_serialize, "run": run_serialize}
+        self._originals = {SettingsContext: settings_serialize, EngineContext: run_serialize}
         SettingsContext.serialize = serialize_settings  # type: ignore[method-assign]
         EngineContext.serialize = serialize_run  # type: ignore[method-assign]
 
     def _uninstall(self) -> None:
-        from prefect.context import EngineContext, SettingsContext
-
-        SettingsContext.serialize = self._originals["settings"]  # type: ignore[method-assign]
-        EngineContext.serialize = self._originals["run"]  # type: ignore[method-assign]
+        for cls, original in self._originals.items():  # no import here: this may run at shutdown
+            cls.serialize = original
         self._originals = {}
 
     @contextmanager
@@ -400,6 +398,15 @@ def pool_processes(executor: Any) -> list[Any]:
 def runner_pool_size(runner: Any) -> int:
     """Pool size of a Prefect thread or process pool runner. Relies on `_max_workers`."""
     return int(runner._max_workers)
+
+
+def run_prefect_task_on_ray(*upstream_refs: Any, **kwargs: Any) -> Any:
+    """prefect-ray's function that runs a task in a Ray worker. Relies on the private static
+    method `RayTaskRunner._run_prefect_task`, which `RayTaskRunner.submit` looks up on the runner
+    (so a subclass's own runs instead)."""
+    from prefect_ray import RayTaskRunner
+
+    return RayTaskRunner._run_prefect_task(*upstream_refs, **kwargs)
 
 
 def call_at_thread_shutdown(callback: Any) -> None:

@@ -246,10 +246,16 @@ def hold_until(release: str, started: str) -> int:
 
 @task
 def nap_and_note(folder: str, item: int, seconds: float) -> int:
-    """Sleep, then leave `done-<item>` in `folder` (evidence that the item finished)."""
+    """Sleep, keeping `busy-<pid>` in `folder` meanwhile; then leave `done-<item>` (evidence that
+    the item finished) ."""
     import time
     from pathlib import Path
 
-    time.sleep(seconds)
+    busy = Path(folder, f"busy-{os.getpid()}")
+    busy.write_text(str(item))
+    try:
+        time.sleep(seconds)
+    finally:
+        busy.unlink(missing_ok=True)
     Path(folder, f"done-{item}").write_text(str(os.getpid()))
     return item

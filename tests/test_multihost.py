@@ -134,7 +134,21 @@ def run_cut_and_check(hosts: Hosts, tmp_path: Path, flow_env: dict[str, str], ki
     assert not late, f"results from w2 after it was cut off (its unfinished items must finish on w1): {late}"
 
 
-def test_ray_across_hosts_survives_a_host_cut_off(hosts, tmp_path):
+@pytest.fixture
+def ray_temp_dirs():
+    """A fresh short folder per Ray host (a session's leftovers must not meet the next one)."""
+    import shutil
+    import tempfile
+
+    root = tempfile.mkdtemp(prefix="sgt-", dir="/tmp")
+    dirs = {host: f"{root}/{host}" for host in ("sched", "w1", "w2")}
+    for folder in dirs.values():
+        Path(folder).mkdir()
+    yield dirs
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_ray_across_hosts_survives_a_host_cut_off(hosts, tmp_path, ray_temp_dirs):
     token = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex + uuid.uuid4().hex}
     env = clean_env(tmp_path, **token)
     hosts.spawn(
@@ -144,7 +158,7 @@ def test_ray_across_hosts_survives_a_host_cut_off(hosts, tmp_path):
         str(tmp_path / "server.log"),
     )
     # a node that stops answering health checks is declared dead after ~3 s instead of ~15 s
-    Path("/tmp/sgt-sched").mkdir(exist_ok=True)
+    temp = ray_temp_dirs  # short fresh folders: Ray keeps unix sockets there (108-byte paths)
     fast_failure = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"}
     hosts.spawn(
         "sched",
@@ -159,13 +173,12 @@ def test_ray_across_hosts_survives_a_host_cut_off(hosts, tmp_path):
             "--num-cpus=0",
             "--include-dashboard=false",
             "--disable-usage-stats",
-            "--temp-dir=/tmp/sgt-sched",
+            f"--temp-dir={temp['sched']}",
         ],
-        {**env, **fast_failure, "TMPDIR": "/tmp/sgt-sched"},
+        {**env, **fast_failure, "TMPDIR": temp["sched"]},
         str(tmp_path / "head.log"),
     )
     for worker in ("w1", "w2"):
-        Path(f"/tmp/sgt-{worker}").mkdir(exist_ok=True)  # short TMPDIRs: Ray keeps unix sockets there
         hosts.spawn(
             worker,
             [
@@ -176,9 +189,9 @@ def test_ray_across_hosts_survives_a_host_cut_off(hosts, tmp_path):
                 f"--node-ip-address={hosts.addresses[worker]}",
                 "--num-cpus=1",
                 "--disable-usage-stats",
-                f"--temp-dir=/tmp/sgt-{worker}",  # the hosts share this machine's disk: a folder each
+                f"--temp-dir={temp[worker]}",  # the hosts share this machine's disk: a folder each
             ],
-            {**env, "PREFECT_API_URL": API, "TMPDIR": f"/tmp/sgt-{worker}"},
+            {**env, "PREFECT_API_URL": API, "TMPDIR": temp[worker]},
             str(tmp_path / f"{worker}.log"),
         )
     flow_env = {

@@ -212,3 +212,10 @@ def test_as_flow_subclass_takes_a_prefect_flow_over():
     assert "name" in vars(built), "Flow keeps its state in __dict__"
     taken = compat.as_flow_subclass(built.with_options(retries=1), Sub)
     assert isinstance(taken, Sub) and taken.hello() == "hello taken-over" and taken.retries == 1
+
+
+def test_prefect_ray_runs_the_runners_own_task_function():
+    prefect_ray = pytest.importorskip("prefect_ray")
+    source = inspect.getsource(prefect_ray.RayTaskRunner.submit)
+    assert "self._run_prefect_task" in source, "RayTaskRunner.submit no longer calls the runner's own function"
+    assert isinstance(inspect.getattr_static(prefect_ray.RayTaskRunner, "_run_prefect_task"), staticmethod)

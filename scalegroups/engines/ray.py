@@ -15,18 +15,12 @@ from scalegroups.engines import RaySection
 from scalegroups.engines.base import EngineRunnerMixin
 from scalegroups.errors import ConfigurationError
 from scalegroups.network import check_reachable
-from scalegroups.prefect_compat import install_worker_hooks
+from scalegroups.prefect_compat import install_worker_hooks, run_prefect_task_on_ray
 from scalegroups.resources import Resources
 
 RAY_GCS_PORT = 6379
 RAY_CLIENT_PORT = 10001
-SETUP_HOOK = "scalegroups.engines.ray.setup_worker_process"
 logger = logging.getLogger("scalegroups")
-
-
-def setup_worker_process() -> None:
-    """Ray `worker_process_setup_hook`: one Prefect settings object and API client per worker."""
-    install_worker_hooks()
 
 
 class RayRunner(EngineRunnerMixin, RayTaskRunner):
@@ -44,13 +38,15 @@ class RayRunner(EngineRunnerMixin, RayTaskRunner):
         port = RAY_CLIENT_PORT if self.address.startswith("ray://") else RAY_GCS_PORT
         check_reachable(self.address, "Ray cluster", port, self.address_source)
 
-    def _start(self) -> Any:
-        # Every worker process of this job sets itself up once (unless the user set a hook).
-        runtime_env = dict(self.init_kwargs.get("runtime_env") or {})
-        if runtime_env.setdefault("worker_process_setup_hook", SETUP_HOOK) != SETUP_HOOK:
-            logger.info("Ray runtime_env has its own worker_process_setup_hook: per-task Prefect set-up stays")
-        self.init_kwargs = {**self.init_kwargs, "runtime_env": runtime_env}
-        return super()._start()
+    @staticmethod
+    def _run_prefect_task(*upstream_refs: Any, **kwargs: Any) -> Any:
+        """What runs in a Ray worker: the worker process is set up (once) before the task runs.
+
+        In the task rather than in a `worker_process_setup_hook`: a runtime_env hook makes Ray
+        Client (`ray://`) fail to start the job's server.
+        """
+        install_worker_hooks()
+        return run_prefect_task_on_ray(*upstream_refs, **kwargs)
 
     def parallelism(self) -> int:
         """CPUs of the Ray cluster."""
@@ -110,7 +106,6 @@ def start_test_ray(stack: ExitStack) -> dict[str, str]:
         include_dashboard=False,
         log_to_driver=False,
         configure_logging=False,
-        runtime_env={"worker_process_setup_hook": SETUP_HOOK},
     )
     stack.callback(ray.shutdown)
     return {}
