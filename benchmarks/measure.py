@@ -1,6 +1,16 @@
-"""One benchmark configuration (engine x {raw, prefect, scalegroups}), run in its own process.
+"""One benchmark configuration (engine x configuration), run in its own process.
 
-Prints one JSON object: for each workload, a list of repeat timings in seconds.
+Configurations:
+
+- `raw`: the engine's own API (no Prefect).
+- `prefect`: hand-written Prefect (`task.submit`, the stock runner) against a Prefect server with
+  Prefect's own settings (`$PREFECT_API_URL`, its pid in `$BENCH_SERVER_PID`).
+- `scalegroups`: the same work through `make_task_runner`, groups, `fan_out`, `share`, against a
+  lean local server as scalegroups starts one.
+- `prefect-user`, `scalegroups-user`: as a user runs a flow file: no `PREFECT_API_URL`, a fresh
+  `PREFECT_HOME` (Prefect then starts its own temporary server(s); scalegroups its in-process one).
+
+Prints one line `RESULT <json>`: for each workload, a list of repeat measurements.
 """
 
 from __future__ import annotations
@@ -12,30 +22,69 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import psutil
+
 from benchmarks import workloads as w
 
 WORKERS = 2
 
 
-def settle(limit_s: float = 180) -> None:
-    """Wait until the shared API server has digested earlier work (its CPU under 10% for 1 s).
+# ------------------------------------------------------------------------------------ CPU
+def _cpu(process: psutil.Process) -> float:
+    try:
+        times = process.cpu_times()
+        return times.user + times.system
+    except psutil.Error:
+        return 0.0
 
-    The server records task runs asynchronously (~45 ms of CPU each on this machine class), so
-    without this a workload would be measured against the previous workload's backlog.
-    """
-    pid = os.environ.get("SCALEGROUPS_BENCH_SERVER_PID")
-    if not pid:
-        return
-    import psutil
 
-    server = psutil.Process(int(pid))
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline and server.cpu_percent(interval=1.0) > 10:
-        pass
+class CpuMeter:
+    """CPU seconds used by this process (the flow), its descendants (engine) and the API server."""
+
+    def __init__(self) -> None:
+        self.me = psutil.Process()
+        pid = os.environ.get("BENCH_SERVER_PID")
+        self.server = psutil.Process(int(pid)) if pid else None
+        self._seen: dict[int, psutil.Process] = {}
+
+    def snapshot(self) -> dict[str, float]:
+        for child in self.me.children(recursive=True):
+            self._seen.setdefault(child.pid, child)
+        workers = sum(_cpu(p) for p in self._seen.values())
+        return {
+            "flow": _cpu(self.me),
+            "workers": workers,
+            "server": _cpu(self.server) if self.server else 0.0,
+        }
+
+    def settle(self, limit_s: float = 180) -> None:
+        """Wait until the API server has digested the work (under 3% of a core for 1.5 s)."""
+        if self.server is None:
+            return
+        quiet_since, deadline = None, time.monotonic() + limit_s
+        while time.monotonic() < deadline:
+            before = _cpu(self.server)
+            time.sleep(0.5)
+            if (_cpu(self.server) - before) / 0.5 < 0.03:
+                quiet_since = quiet_since or time.monotonic()
+                if time.monotonic() - quiet_since >= 1.5:
+                    return
+            else:
+                quiet_since = None
+
+    def per_task(self, fn: Callable[[], Any], tasks: int) -> tuple[float, dict[str, float]]:
+        """Run `fn`; return its wall time and the CPU ms per task of each kind of process."""
+        self.settle()
+        before = self.snapshot()
+        started = time.perf_counter()
+        fn()
+        wall = time.perf_counter() - started
+        self.settle()
+        after = self.snapshot()
+        return wall, {k: (after[k] - before[k]) * 1000 / tasks for k in before}
 
 
 def repeat(times: int, fn: Callable[[], Any]) -> list[float]:
-    settle()
     timings = []
     for _ in range(times):
         started = time.perf_counter()
@@ -44,7 +93,7 @@ def repeat(times: int, fn: Callable[[], Any]) -> list[float]:
     return timings
 
 
-# ---------------------------------------------------------------- raw engines
+# ---------------------------------------------------------------------------- raw engines
 class RawEngine:
     """submit(fn, *args) -> handle; gather(handles) -> results; share(value)."""
 
@@ -119,15 +168,17 @@ class RawEngine:
 
 
 def run_raw(engine: str, cfg: dict) -> dict:
-    settle()
+    meter = CpuMeter()
     started = time.perf_counter()
     raw = RawEngine(engine)
     raw.gather([raw.submit(w.noop_fn, 0)])
-    first = time.perf_counter() - started
-    out = {"first_result": [first]}
-    out["trivial"] = repeat(
-        cfg["repeats"], lambda: raw.gather([raw.submit(w.noop_fn, i) for i in range(cfg["trivial"])])
-    )
+    out: dict[str, list] = {"first_result": [time.perf_counter() - started], "trivial": [], "trivial_cpu": []}
+    for _ in range(cfg["repeats"]):
+        wall, cpu = meter.per_task(
+            lambda: raw.gather([raw.submit(w.noop_fn, i) for i in range(cfg["trivial"])]), cfg["trivial"]
+        )
+        out["trivial"].append(wall)
+        out["trivial_cpu"].append(cpu)
     out["cpu"] = repeat(cfg["repeats"], lambda: raw.gather([raw.submit(w.burn_fn, cfg["loops"]) for _ in range(8)]))
     items = list(range(cfg["items"]))
     out["fine"] = repeat(cfg["repeats"], lambda: raw.map(w.item_fn, items))
@@ -140,8 +191,8 @@ def run_raw(engine: str, cfg: dict) -> dict:
     return out
 
 
-# ------------------------------------------------------- Prefect, hand-written
-def hand_runner(engine: str) -> Any:
+# -------------------------------------------------------------------- Prefect, hand-written
+def stock_runner(engine: str) -> Any:
     if engine == "thread":
         from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -154,24 +205,31 @@ def hand_runner(engine: str) -> Any:
         from prefect_dask import DaskTaskRunner
 
         return DaskTaskRunner(
-            cluster_kwargs={
-                "n_workers": WORKERS,
-                "threads_per_worker": 1,
-                "processes": True,
-                "dashboard_address": None,
-            }
+            cluster_kwargs={"n_workers": WORKERS, "threads_per_worker": 1, "processes": True, "dashboard_address": None}
         )
     from prefect_ray import RayTaskRunner
 
     return RayTaskRunner(address="local", init_kwargs={"num_cpus": WORKERS, "include_dashboard": False})
 
 
+def prefect_trivial(n: int) -> list:
+    return [f.result() for f in [w.noop.submit(i) for i in range(n)]]
+
+
+def scalegroups_trivial(n: int) -> list:
+    import scalegroups
+
+    return [r.result() for r in scalegroups.as_completed(w.one_noop.map(range(n)))]
+
+
 def prefect_body(cfg: dict, called_at: float) -> dict:
     w.noop.submit(0).result()
-    out: dict[str, list[float]] = {"first_result": [time.time() - called_at]}
-    out["trivial"] = repeat(
-        cfg["repeats"], lambda: [f.result() for f in [w.noop.submit(i) for i in range(cfg["trivial"])]]
-    )
+    out: dict[str, list] = {"first_result": [time.time() - called_at], "trivial": [], "trivial_cpu": []}
+    meter = CpuMeter()
+    for _ in range(cfg["repeats"]):
+        wall, cpu = meter.per_task(lambda: prefect_trivial(cfg["trivial"]), cfg["trivial"])
+        out["trivial"].append(wall)
+        out["trivial_cpu"].append(cpu)
     out["cpu"] = repeat(cfg["repeats"], lambda: [f.result() for f in [w.burn.submit(cfg["loops"]) for _ in range(8)]])
     sample = cfg["prefect_items"]
     per_item = repeat(cfg["repeats"], lambda: [f.result() for f in [w.item.submit(i) for i in range(sample)]])
@@ -185,11 +243,12 @@ def scalegroups_body(cfg: dict, called_at: float) -> dict:
     import scalegroups
 
     w.one_noop(0).result()
-    out: dict[str, list[float]] = {"first_result": [time.time() - called_at]}
-    out["trivial"] = repeat(
-        cfg["repeats"],
-        lambda: [r.result() for r in scalegroups.as_completed(w.one_noop.map(range(cfg["trivial"])))],
-    )
+    out: dict[str, list] = {"first_result": [time.time() - called_at], "trivial": [], "trivial_cpu": []}
+    meter = CpuMeter()
+    for _ in range(cfg["repeats"]):
+        wall, cpu = meter.per_task(lambda: scalegroups_trivial(cfg["trivial"]), cfg["trivial"])
+        out["trivial"].append(wall)
+        out["trivial_cpu"].append(cpu)
     out["cpu"] = repeat(cfg["repeats"], lambda: [r.result() for r in w.one_burn.map(range(8), loops=cfg["loops"])])
     out["fine"] = repeat(cfg["repeats"], lambda: scalegroups.fan_out(w.item_fn, range(cfg["items"])).results())
     data = b"x" * (cfg["megabytes"] * 2**20)
@@ -202,27 +261,53 @@ def scalegroups_body(cfg: dict, called_at: float) -> dict:
     return out
 
 
+def user_body(grouped: bool) -> Callable[[dict, float], dict]:
+    """As a user's flow file: 4 warm-up tasks, then the first measured round of 8 CPU tasks."""
+
+    def body(cfg: dict, called_at: float) -> dict:
+        if grouped:
+            [r.result() for r in w.one_burn.map(range(4), loops=cfg["loops"] // 10)]
+        else:
+            [f.result() for f in [w.burn.submit(cfg["loops"] // 10) for _ in range(4)]]
+        out: dict[str, list] = {"first_result": [time.time() - called_at]}
+        started = time.perf_counter()
+        if grouped:
+            [r.result() for r in w.one_burn.map(range(8), loops=cfg["loops"])]
+        else:
+            [f.result() for f in [w.burn.submit(cfg["loops"]) for _ in range(8)]]
+        out["cpu_first"] = [time.perf_counter() - started]
+        started = time.perf_counter()
+        (scalegroups_trivial if grouped else prefect_trivial)(cfg["trivial"])
+        out["trivial"] = [time.perf_counter() - started]
+        return out
+
+    return body
+
+
 def run_flow(engine: str, config: str, cfg: dict) -> dict:
     from prefect import flow
 
-    if config == "prefect":
-        runner, body = hand_runner(engine), prefect_body
+    if config.startswith("prefect"):
+        runner = stock_runner(engine)
     else:
         from scalegroups import make_task_runner
 
         runner = make_task_runner(engine, max_workers=4 if engine == "thread" else WORKERS)
-        body = scalegroups_body
+    body = {
+        "prefect": prefect_body,
+        "scalegroups": scalegroups_body,
+        "prefect-user": user_body(grouped=False),
+        "scalegroups-user": user_body(grouped=True),
+    }[config]
     bench_flow = flow(body, name=f"bench-{config}-{engine}", task_runner=runner)
-    settle()
     return bench_flow(cfg, time.time())
 
 
 def main() -> None:
     engine, config, cfg_json = sys.argv[1], sys.argv[2], sys.argv[3]
     cfg = json.loads(cfg_json)
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     result = run_raw(engine, cfg) if config == "raw" else run_flow(engine, config, cfg)
-    print("RESULT " + json.dumps(result))
+    print("RESULT " + json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
-"""`make bench`: raw engine vs hand-written Prefect vs scalegroups, side by side, in one run.
+"""`make bench`: raw engines, Prefect as it ships, and scalegroups, side by side, in one run.
 
-Each (engine, configuration) runs in a fresh process so nothing one installs (scalegroups'
-settings cache, a Ray or Dask instance) leaks into another; all of them use one Prefect API server
-started here. Results (medians of the repeats, ratios, targets) go to benchmarks/RESULTS.md.
+Each (engine, configuration) runs in a fresh process (see `benchmarks/measure.py`). The shared
+configurations talk to two local Prefect servers started here, each in its own `PREFECT_HOME`:
+one with Prefect's own service settings (for hand-written Prefect) and one lean, as scalegroups
+starts them. The `-user` configurations run as a user runs a flow file: no API URL, a fresh home.
+Start-up (`benchmarks/startup.py`) is measured as whole processes. Results (medians, ratios,
+targets) go to benchmarks/RESULTS.md and the charts to benchmarks/*.png.
 
     python -m benchmarks.run [--quick] [--engines thread,dask] [--output benchmarks/RESULTS.md]
 """
@@ -16,7 +19,10 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from importlib.metadata import version
 from pathlib import Path
 
@@ -24,15 +30,9 @@ from benchmarks.report import render
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGINES = ["thread", "process", "dask", "ray"]
-CONFIGS = ["raw", "prefect", "scalegroups"]
-FULL = {
-    "repeats": 3,
-    "trivial": 200,
-    "cpu_seconds": 0.5,
-    "items": 10_000,
-    "prefect_items": 200,
-    "megabytes": 50,
-}
+SHARED = ["raw", "prefect", "scalegroups"]
+USER = ["prefect-user", "scalegroups-user"]
+FULL = {"repeats": 3, "trivial": 200, "cpu_seconds": 0.6, "items": 10_000, "prefect_items": 200, "megabytes": 50}
 QUICK = {"repeats": 1, "trivial": 20, "cpu_seconds": 0.05, "items": 500, "prefect_items": 20, "megabytes": 2}
 
 
@@ -55,11 +55,51 @@ def machine() -> dict[str, str]:
         "python": platform.python_version(),
         "packages": packages,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "load": " ".join(f"{x:.1f}" for x in os.getloadavg()),
     }
 
 
-def run_one(engine: str, config: str, cfg: dict) -> dict[str, list[float]] | str:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_LOGGING_LEVEL": "WARNING"}
+def clean_env(**extra: str) -> dict[str, str]:
+    """This environment without Prefect's API settings or scalegroups' choices, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "SCALEGROUPS_"))}
+    env.update(PYTHONPATH=str(ROOT), PREFECT_LOGGING_LEVEL="WARNING", PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    env.update(extra)
+    return env
+
+
+@contextmanager
+def local_server(home: Path, services: str) -> Iterator[dict[str, str]]:
+    """A Prefect server (`python -m scalegroups.server`) in its own home; yields its env for clients."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = clean_env(PREFECT_HOME=str(home), SCALEGROUPS_SERVER_SERVICES=services)
+    log = open(home.parent / f"server-{services}.log", "w")  # noqa: SIM115 - lives with the server
+    server = subprocess.Popen(
+        [sys.executable, "-m", "scalegroups.server", "--port", str(port)], env=env, stdout=log, stderr=log
+    )
+    url = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2):
+                break
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the {services} server did not start; see {log.name}") from None
+            time.sleep(0.3)
+    try:
+        yield {"PREFECT_API_URL": url, "BENCH_SERVER_PID": str(server.pid)}
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+        log.close()
+
+
+def run_one(engine: str, config: str, cfg: dict, env: dict[str, str]) -> dict[str, list] | str:
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.measure", engine, config, json.dumps(cfg)],
         cwd=ROOT,
@@ -80,46 +120,49 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one repeat (a smoke run)")
     parser.add_argument("--engines", default=",".join(ENGINES))
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "RESULTS.md"))
+    parser.add_argument("--no-charts", action="store_true", help="skip the PNG charts")
+    parser.add_argument("--no-startup", action="store_true", help="skip the whole-process start-up section")
     args = parser.parse_args(argv)
 
-    from benchmarks.workloads import calibrate_burn
-    from scalegroups.server import shared_api
+    from benchmarks.startup import measure_startup
+    from benchmarks.workloads import burn_fn, calibrate_burn
 
     cfg = dict(QUICK if args.quick else FULL)
     cfg["loops"] = calibrate_burn(cfg["cpu_seconds"])
     started = time.perf_counter()
-    serial = statistics.median(_serial_cpu(cfg) for _ in range(cfg["repeats"]))
+    serial = statistics.median(_serial_cpu(cfg, burn_fn) for _ in range(cfg["repeats"]))
     results: dict[str, dict[str, object]] = {}
-    with shared_api():
-        server = _server_pid()
-        if server:
-            os.environ["SCALEGROUPS_BENCH_SERVER_PID"] = str(server)
+    with ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sgbench-")))
+        (workdir / "stock").mkdir()
+        (workdir / "lean").mkdir()
+        servers = {
+            "prefect": stack.enter_context(local_server(workdir / "stock", "full")),
+            "scalegroups": stack.enter_context(local_server(workdir / "lean", "lean")),
+        }
         for engine in args.engines.split(","):
             results[engine] = {}
-            for config in CONFIGS:
+            for config in SHARED + USER:
+                home = workdir / f"home-{engine}-{config}"
+                env = clean_env(PREFECT_HOME=str(home), **servers.get(config, {}))
                 t0 = time.perf_counter()
-                results[engine][config] = run_one(engine, config, cfg)
-                print(f"{engine:8} {config:12} {time.perf_counter() - t0:6.1f} s", flush=True)
-    report = render(results, cfg, serial, machine(), time.perf_counter() - started, quick=args.quick)
-    analysis = ROOT / "benchmarks" / "analysis.md"  # hand-written, from profiles: why targets are missed
+                results[engine][config] = run_one(engine, config, cfg, env)
+                print(f"{engine:8} {config:17} {time.perf_counter() - t0:6.1f} s", flush=True)
+        startup = {} if args.no_startup else measure_startup(workdir, repeats=cfg["repeats"], env=clean_env())
+    report = render(results, startup, cfg, serial, machine(), time.perf_counter() - started, quick=args.quick)
+    analysis = ROOT / "benchmarks" / "analysis.md"  # hand-written, from profiles: where the time went
     if analysis.exists() and not args.quick:
         report += "\n" + analysis.read_text()
     Path(args.output).write_text(report)
+    if not args.no_charts:
+        from benchmarks.charts import draw_all
+
+        draw_all(results, startup, serial, Path(args.output).parent)
     print(report)
     return 0
 
 
-def _server_pid() -> int | None:
-    """PID of this process's temporary Prefect server (None when PREFECT_API_URL was given)."""
-    from prefect.server.api.server import SubprocessASGIServer
-
-    process = SubprocessASGIServer._instances.get(None) and SubprocessASGIServer().server_process
-    return process.pid if process else None
-
-
-def _serial_cpu(cfg: dict) -> float:
-    from benchmarks.workloads import burn_fn
-
+def _serial_cpu(cfg: dict, burn_fn) -> float:
     started = time.perf_counter()
     for _ in range(8):
         burn_fn(cfg["loops"])

@@ -402,7 +402,7 @@ def stop_background_server() -> ServerState | None:
     return state
 
 
-def serve(port: int) -> None:
+def serve(port: int, host: str = "127.0.0.1") -> None:
     """Run a lean Prefect server with its UI in this process until SIGTERM (`python -m scalegroups.server`)."""
     import uvicorn
     from prefect.settings import temporary_settings
@@ -412,7 +412,7 @@ def serve(port: int) -> None:
         from prefect.server.api.server import create_app
 
         app = create_app(final=True)
-        uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
 
 
 # ------------------------------------------------------------------------------- choosing
@@ -473,8 +473,9 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m scalegroups.server")
     parser.add_argument("--port", type=int, default=4200)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (other hosts: 0.0.0.0)")
     args = parser.parse_args(argv)
-    serve(args.port)
+    serve(args.port, args.host)
     return 0
 
 

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
-from helpers import REPO, run_python
+from helpers import run_python
 
 
 @pytest.mark.slow
-def test_quick_benchmark_writes_every_section(tmp_path):
+def test_quick_benchmark_writes_every_section_and_chart(tmp_path):
     output = tmp_path / "RESULTS.md"
-    out, _ = run_python(["-m", "benchmarks.run", "--quick", "--engines", "thread", "--output", str(output)])
+    out, _ = run_python(
+        ["-m", "benchmarks.run", "--quick", "--engines", "thread", "--no-startup", "--output", str(output)]
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     text = output.read_text()
-    for heading in ("## (a)", "## (b)", "## (c)", "## (d)", "## (e)", "## Targets"):
+    for heading in ("## (a)", "## (b)", "## (c)", "## (d)", "## (e)", "## (f)", "## Targets"):
         assert heading in text
-    assert "failed" not in text.split("## (a)")[0], text[:2000]
-    assert "| thread | " in text and REPO.exists()
+    assert "Runs that failed" not in text, text[:3000]
+    row = re.search(r"^\| thread \| scalegroups \| ([^|]+) \| ([^|]+) \| ([^|]+) \| ([^|]+) \|", text, re.M)
+    assert row and all(re.fullmatch(r" \d+\.\d ", cell) for cell in row.groups()), "no CPU split measured"
+    for chart in ("bookkeeping.png", "speedup.png", "startup.png"):
+        assert (tmp_path / chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", chart

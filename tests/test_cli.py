@@ -77,7 +77,7 @@ def test_the_leak_scan_sees_a_live_marked_process():
     assert processes_with_marker("probe-marker") == []
 
 
-def test_bench_reports_each_runner_and_the_fastest():
+def test_bench_reports_each_runner_and_the_fastest(scalegroups_prefect_api):
     out, marker = run_python(
         [
             "-m",
@@ -91,7 +91,7 @@ def test_bench_reports_each_runner_and_the_fastest():
             "--param",
             "chunk_size=5000",
         ],
-        env={"SCALEGROUPS_MAX_WORKERS": "2"},
+        env={"SCALEGROUPS_MAX_WORKERS": "2", "PREFECT_API_URL": scalegroups_prefect_api},
     )
     assert out.returncode == 0, out.stderr[-3000:]
     rows = {line.split()[0]: line for line in out.stdout.splitlines()}

@@ -23,7 +23,7 @@ def primes_below(limit: int) -> int:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("runner", RUNNERS)
-def test_primes_example_on_each_runner(runner):
+def test_primes_example_on_each_runner(runner, scalegroups_prefect_api):
     out, marker = run_python(
         [
             "-m",
@@ -35,7 +35,8 @@ def test_primes_example_on_each_runner(runner):
             "--param",
             "chunk_size=20000",
         ],
-        env={"SCALEGROUPS_RUNNER": runner, "SCALEGROUPS_MAX_WORKERS": "2"},
+        # the session's API: this checks the example and its leftovers; the seed test below runs cold
+        env={"SCALEGROUPS_RUNNER": runner, "SCALEGROUPS_MAX_WORKERS": "2", "PREFECT_API_URL": scalegroups_prefect_api},
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == str(primes_below(80_000))

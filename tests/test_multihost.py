@@ -56,7 +56,7 @@ def test_dask_across_hosts_survives_a_host_cut_off(hosts, tmp_path):
     env = clean_env(tmp_path)
     hosts.spawn(
         "flow",
-        [str(BIN / "prefect"), "server", "start", "--host", "0.0.0.0", "--port", "4200"],
+        [sys.executable, "-m", "scalegroups.server", "--host", "0.0.0.0", "--port", "4200"],
         {**env, "PREFECT_UI_ENABLED": "false"},
         str(tmp_path / "server.log"),
     )
@@ -153,7 +153,7 @@ def test_ray_across_hosts_survives_a_host_cut_off(hosts, tmp_path, ray_temp_dirs
     env = clean_env(tmp_path, **token)
     hosts.spawn(
         "flow",
-        [str(BIN / "prefect"), "server", "start", "--host", "0.0.0.0", "--port", "4200"],
+        [sys.executable, "-m", "scalegroups.server", "--host", "0.0.0.0", "--port", "4200"],
         {**env, "PREFECT_UI_ENABLED": "false"},
         str(tmp_path / "server.log"),
     )

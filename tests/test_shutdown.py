@@ -12,16 +12,19 @@ from helpers import REPO, eventually, gone_within, kill_marked, marked_env, proc
 
 @pytest.mark.slow
 @pytest.mark.parametrize("runner", ["dask", "ray"])
-def test_failed_flow_leaves_nothing(runner):
-    out, marker = run_python(["tests/shutdown_flows.py", "boom"], env={"SCALEGROUPS_RUNNER": runner})
+def test_failed_flow_leaves_nothing(runner, scalegroups_prefect_api):
+    env = {"SCALEGROUPS_RUNNER": runner, "PREFECT_API_URL": scalegroups_prefect_api}
+    out, marker = run_python(["tests/shutdown_flows.py", "boom"], env=env)
     assert out.returncode != 0 and "the flow failed on purpose" in out.stderr
     assert gone_within(marker, 15) == []
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("runner", ["process", "dask", "ray"])
-def test_keyboard_interrupt_leaves_nothing(runner):
-    env, marker = marked_env(SCALEGROUPS_RUNNER=runner, SCALEGROUPS_MAX_WORKERS="2")
+def test_keyboard_interrupt_leaves_nothing(runner, scalegroups_prefect_api):
+    env, marker = marked_env(
+        SCALEGROUPS_RUNNER=runner, SCALEGROUPS_MAX_WORKERS="2", PREFECT_API_URL=scalegroups_prefect_api
+    )
     child = subprocess.Popen(
         [sys.executable, "tests/shutdown_flows.py", "forever"],
         cwd=REPO,
