@@ -153,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     analysis = ROOT / "benchmarks" / "analysis.md"  # hand-written, from profiles: where the time went
     if analysis.exists() and not args.quick:
         report += "\n" + analysis.read_text()
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(report)
     if not args.no_charts:
         from benchmarks.charts import draw_all
