@@ -122,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "RESULTS.md"))
     parser.add_argument("--no-charts", action="store_true", help="skip the PNG charts")
     parser.add_argument("--no-startup", action="store_true", help="skip the whole-process start-up section")
+    parser.add_argument("--configs", default=",".join(SHARED + USER), help="which configurations to run")
     args = parser.parse_args(argv)
 
     from benchmarks.startup import measure_startup
@@ -136,13 +137,15 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sgbench-")))
         (workdir / "stock").mkdir()
         (workdir / "lean").mkdir()
+        configs = args.configs.split(",")
         servers = {
-            "prefect": stack.enter_context(local_server(workdir / "stock", "full")),
-            "scalegroups": stack.enter_context(local_server(workdir / "lean", "lean")),
+            config: stack.enter_context(local_server(workdir / home, services))
+            for config, home, services in (("prefect", "stock", "full"), ("scalegroups", "lean", "lean"))
+            if config in configs
         }
         for engine in args.engines.split(","):
             results[engine] = {}
-            for config in SHARED + USER:
+            for config in configs:
                 home = workdir / f"home-{engine}-{config}"
                 env = clean_env(PREFECT_HOME=str(home), **servers.get(config, {}))
                 t0 = time.perf_counter()
