@@ -219,3 +219,61 @@ def test_prefect_ray_runs_the_runners_own_task_function():
     source = inspect.getsource(prefect_ray.RayTaskRunner.submit)
     assert "self._run_prefect_task" in source, "RayTaskRunner.submit no longer calls the runner's own function"
     assert isinstance(inspect.getattr_static(prefect_ray.RayTaskRunner, "_run_prefect_task"), staticmethod)
+
+
+# ---------------------------------------------------------------- 4. submitting to the engines
+RAY_SUBMIT_DIGEST = "fd5a1b4f775ef044"  # sha256 of RayTaskRunner.submit's source (prefect-ray 0.6.0)
+
+
+@task
+def double(x: int) -> int:
+    return 2 * x
+
+
+def test_prefect_ray_submit_is_the_one_we_mirror():
+    import hashlib
+
+    prefect_ray = pytest.importorskip("prefect_ray")
+    digest = hashlib.sha256(inspect.getsource(prefect_ray.RayTaskRunner.submit).encode()).hexdigest()[:16]
+    assert digest == RAY_SUBMIT_DIGEST, (
+        "prefect-ray changed RayTaskRunner.submit: review prefect_compat.RayRemoteFunctions.submit, "
+        "which mirrors it, then update RAY_SUBMIT_DIGEST"
+    )
+
+
+def test_prefect_dask_client_submit_takes_a_key():
+    from prefect_dask.client import PrefectDaskClient
+
+    parameters = inspect.signature(PrefectDaskClient.submit).parameters
+    assert "key" in parameters and parameters["key"].default is None
+    assert "__slots__" not in vars(PrefectDaskClient), "the client must keep its state in __dict__"
+
+
+@pytest.mark.scalegroups_runners("ray")
+def test_ray_submissions_share_one_remote_function(scalegroups_task_runner):
+    @flow(task_runner=scalegroups_task_runner)
+    def submits_four() -> tuple[list[int], int]:
+        runner = FlowRunContext.get().task_runner
+        futures = [double.submit(i) for i in range(4)]
+        return [f.result() for f in futures], len(runner.__dict__["_remote_functions"]._remote)
+
+    results, remote_functions = submits_four()
+    assert results == [0, 2, 4, 6]
+    assert remote_functions == 1
+
+
+@pytest.mark.scalegroups_runners("dask")
+def test_dask_submissions_are_keyed_without_tokenizing(scalegroups_task_runner):
+    import re
+
+    @flow(task_runner=scalegroups_task_runner)
+    def submits_four() -> tuple[list[int], list[str], bool]:
+        runner = FlowRunContext.get().task_runner
+        futures = [double.submit(i) for i in range(4)]
+        keyed = bool(type(runner.client).__dict__.get("_scalegroups_keyed"))
+        return [f.result() for f in futures], [f.wrapped_future.key for f in futures], keyed
+
+    results, keys, keyed = submits_four()
+    assert results == [0, 2, 4, 6] and keyed
+    assert all(re.fullmatch(r"double-[0-9a-f]{32}", key) for key in keys), keys
+    assert len(set(keys)) == 4

@@ -19,7 +19,7 @@ from scalegroups.engines.base import EngineRunnerMixin
 from scalegroups.errors import ConfigurationError, TaskInterrupted
 from scalegroups.extras import require
 from scalegroups.network import check_reachable, is_loopback
-from scalegroups.prefect_compat import install_worker_hooks, uninstall_worker_hooks
+from scalegroups.prefect_compat import dask_client_with_keys, install_worker_hooks, uninstall_worker_hooks
 from scalegroups.resources import Resources
 from scalegroups.timers import timers
 
@@ -149,7 +149,7 @@ class DaskRunner(EngineRunnerMixin, DaskTaskRunner):
 
     def on_started(self, stack: ExitStack) -> None:
         """Register the worker set-up on the cluster (existing and future workers); unregister at exit."""
-        client = self.client
+        client = dask_client_with_keys(self.client)  # no tokenize per submitted task
         client.register_plugin(WorkerSetup(), name=PLUGIN_NAME)
         if self._cluster is None:  # someone else's cluster: leave its workers as they were
             stack.callback(_unregister, client)
