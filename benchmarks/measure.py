@@ -284,6 +284,18 @@ def user_body(grouped: bool) -> Callable[[dict, float], dict]:
     return body
 
 
+def trivial_body(cfg: dict, called_at: float) -> dict:
+    """Only the trivial tasks (the server-over-a-network rows, `benchmarks/remote.py`)."""
+    w.one_noop(0).result()
+    out: dict[str, list] = {"first_result": [time.time() - called_at], "trivial": [], "trivial_cpu": []}
+    meter = CpuMeter()
+    for _ in range(cfg["repeats"]):
+        wall, cpu = meter.per_task(lambda: scalegroups_trivial(cfg["trivial"]), cfg["trivial"])
+        out["trivial"].append(wall)
+        out["trivial_cpu"].append(cpu)
+    return out
+
+
 def run_flow(engine: str, config: str, cfg: dict) -> dict:
     from prefect import flow
 
@@ -298,6 +310,7 @@ def run_flow(engine: str, config: str, cfg: dict) -> dict:
         "scalegroups": scalegroups_body,
         "prefect-user": user_body(grouped=False),
         "scalegroups-user": user_body(grouped=True),
+        "scalegroups-trivial": trivial_body,
     }[config]
     bench_flow = flow(body, name=f"bench-{config}-{engine}", task_runner=runner)
     return bench_flow(cfg, time.time())
