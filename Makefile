@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: install demo test test-compat test-k8s test-quick lint bench clean
+.PHONY: install demo test test-burn test-compat test-k8s test-quick lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ demo: install
 test: install
 	env -u PREFECT_API_URL -u PREFECT_API_KEY PREFECT_HOME=$(CURDIR)/.prefect-test \
 		$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The suite 3 times in a row with one core kept busy by a CPU burner (tests/burn.py); logs in .burn-run-N.log.
+test-burn: install
+	$(BIN)/python tests/burn.py --runs $(or $(RUNS),3) $(PYTEST_ARGS)
 
 # The Kubernetes e2e (changes the cluster KUBECONFIG names): apply k8s/, run the example Job on Dask and Ray.
 test-k8s: install
