@@ -25,12 +25,13 @@ DELAY_MS = 0.5  # each way: a ~1 ms round trip, a quiet LAN
 
 
 def _hosts_module():
-    sys.path.insert(0, str(ROOT / "tests"))
-    try:
-        import netns
-    finally:
-        sys.path.pop(0)
-    return netns
+    """`tests/netns.py`, the multi-host tests' namespaces, loaded from its file."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("scalegroups_bench_netns", ROOT / "tests" / "netns.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def unavailable_reason() -> str | None:

@@ -507,9 +507,7 @@ class RayRemoteFunctions:
         if not runner._started:
             raise RuntimeError("The task runner must be started before submitting work.")
         task_run_id = uuid.uuid4()
-        task_inputs = {
-            k: collect_task_run_inputs_sync(v, future_cls=PrefectRayFuture) for k, v in parameters.items()
-        }
+        task_inputs = {k: collect_task_run_inputs_sync(v, future_cls=PrefectRayFuture) for k, v in parameters.items()}
         context = serialize_context(
             asset_ctx_kwargs={
                 "task": task,
