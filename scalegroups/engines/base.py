@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any, ClassVar
 
+from scalegroups.artifacts import flush_all
 from scalegroups.caching import prepared
 from scalegroups.context import current_group, current_rates
 from scalegroups.limits import acquire_rates
@@ -91,6 +92,10 @@ class EngineRunnerMixin:
         """Place `value` once where the engine's workers can read it; return what to pass to tasks."""
         return value
 
+    def dashboard_url(self) -> str | None:
+        """The engine's dashboard for the started runner, if it has one (linked from the Prefect UI)."""
+        return None
+
     # -------------------------------------------------------------------------- lifecycle
     def __enter__(self) -> Any:
         if self._deferred:
@@ -110,6 +115,7 @@ class EngineRunnerMixin:
                 stack.enter_context(ship_context_once())
             runner = super().__enter__()  # type: ignore[misc]
             stack.callback(super().__exit__, None, None, None)  # type: ignore[misc]
+            stack.callback(flush_all)  # progress artifacts at 100%, while the engine's futures can still be read
             self.on_started(stack)
         except BaseException:
             stack.close()

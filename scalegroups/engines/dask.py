@@ -154,6 +154,13 @@ class DaskRunner(EngineRunnerMixin, DaskTaskRunner):
         if self._cluster is None:  # someone else's cluster: leave its workers as they were
             stack.callback(_unregister, client)
 
+    def dashboard_url(self) -> str | None:
+        """The Dask dashboard (`Client.dashboard_link`), if the scheduler serves one."""
+        try:
+            return self.client.dashboard_link or None
+        except Exception:  # no dashboard service on this scheduler
+            return None
+
     def parallelism(self) -> int:
         """Threads across the cluster's current workers."""
         return max(1, sum(self.client.nthreads().values()))

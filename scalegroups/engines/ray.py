@@ -15,7 +15,7 @@ from scalegroups.engines import RaySection
 from scalegroups.engines.base import EngineRunnerMixin
 from scalegroups.errors import ConfigurationError
 from scalegroups.network import check_reachable
-from scalegroups.prefect_compat import install_worker_hooks, run_prefect_task_on_ray
+from scalegroups.prefect_compat import install_worker_hooks, ray_dashboard_url, run_prefect_task_on_ray
 from scalegroups.resources import Resources
 
 RAY_GCS_PORT = 6379
@@ -47,6 +47,10 @@ class RayRunner(EngineRunnerMixin, RayTaskRunner):
         """
         install_worker_hooks()
         return run_prefect_task_on_ray(*upstream_refs, **kwargs)
+
+    def dashboard_url(self) -> str | None:
+        """The Ray dashboard `ray.init` reported for this runner, if Ray serves one."""
+        return ray_dashboard_url(self)
 
     def parallelism(self) -> int:
         """CPUs of the Ray cluster."""
