@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from typing import Any, ClassVar
 
 from scalegroups.artifacts import flush_all
@@ -66,6 +66,10 @@ class EngineRunnerMixin:
         """How many tasks the started runner can run at once (for automatic batch sizes)."""
         return max(1, os.cpu_count() or 1)
 
+    def quiet_logs(self) -> AbstractContextManager[None]:
+        """While the runner runs, the engine's INFO chatter off (unless `SCALEGROUPS_ENGINE_LOGS=1`)."""
+        return nullcontext()
+
     def on_started(self, stack: ExitStack) -> None:
         """Engine-specific set-up after the engine started (e.g. worker plugins); undone by `stack`."""
 
@@ -108,6 +112,7 @@ class EngineRunnerMixin:
         stack = ExitStack()
         self._scalegroups_stack = stack
         try:
+            stack.enter_context(self.quiet_logs())  # set as the engine starts, restored after it stops
             if self.uses_worker_processes:
                 from scalegroups.server import ensure_api
 

@@ -17,6 +17,7 @@ from scalegroups.errors import ConfigurationError
 from scalegroups.network import check_reachable
 from scalegroups.prefect_compat import install_worker_hooks, ray_dashboard_url, run_prefect_task_on_ray
 from scalegroups.resources import Resources
+from scalegroups.settings import engine_logs_enabled
 
 RAY_GCS_PORT = 6379
 RAY_CLIENT_PORT = 10001
@@ -47,6 +48,14 @@ class RayRunner(EngineRunnerMixin, RayTaskRunner):
         """
         install_worker_hooks()
         return run_prefect_task_on_ray(*upstream_refs, **kwargs)
+
+    @contextmanager
+    def quiet_logs(self) -> Iterator[None]:
+        """Ray's INFO lines off in this process (`ray.init(logging_level=WARNING)`), unless the profile
+        sets a level or `SCALEGROUPS_ENGINE_LOGS=1`; tasks' own output still reaches the driver."""
+        if not engine_logs_enabled() and not str(self.address).startswith("ray://"):
+            self.init_kwargs.setdefault("logging_level", logging.WARNING)
+        yield
 
     def dashboard_url(self) -> str | None:
         """The Ray dashboard `ray.init` reported for this runner, if Ray serves one."""
