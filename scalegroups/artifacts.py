@@ -74,6 +74,7 @@ class MapProgress:
         *,
         dashboard: str | None = None,
         interval: float = INTERVAL_S,
+        final_inline: bool = False,
     ) -> None:
         self.name = name
         self.total = total
@@ -85,6 +86,7 @@ class MapProgress:
         self._classify = classify
         self._dashboard = dashboard
         self._interval = interval
+        self._final_inline = final_inline  # the last source_done publishes before it returns
         self._sources: list[Any] = []
         self._seen: set[int] = set()
         self._pending: list[Any] = []
@@ -111,8 +113,10 @@ class MapProgress:
             self._seen.add(id(source))
             self._pending.append(source)
             last = len(self._seen) == len(self._sources)
-        if last:
-            timers.call_later(0, self.tick)  # the 100% and the table, promptly
+        if last and self._final_inline:
+            self.tick()
+        elif last:
+            timers.call_later(0, self.tick)  # the 100% and the table, promptly, off the engine's thread
 
     def done_items(self) -> int:
         """Items counted so far."""
@@ -239,11 +243,14 @@ def track(
     total: int | None = None,
     progress: bool | None = None,
     subscribe: Callable[[Any, Callable[[Any], None]], None] | None = None,
+    final_inline: bool = False,
 ) -> MapProgress | None:
     """Publish the progress of `sources` (one per item unless `total` says otherwise) in this flow run.
 
     Returns None (and does nothing) outside a flow run, for no items, or when progress is off.
     `subscribe(source, callback)` registers the done callback (default: `source.add_done_callback`).
+    `final_inline=True`: the callback of the last source publishes the end itself (for callers on a
+    thread of their own, such as deploy_map's driver; engine callback threads must not block).
     """
     try:
         from prefect.context import FlowRunContext
@@ -262,6 +269,7 @@ def track(
             flow_run.id,
             classify,
             dashboard=dashboard_url(getattr(context, "task_runner", None)),
+            final_inline=final_inline,
         )
         tracker.watch(sources)
         for source in sources:

@@ -62,9 +62,9 @@ class _ReportingQueue(queue.SimpleQueue):  # type: ignore[type-arg]
     progress: Any = None
 
     def put(self, item: DeploymentRun, block: bool = True, timeout: float | None = None) -> None:
-        super().put(item, block, timeout)
-        if self.progress is not None:
+        if self.progress is not None:  # counted (the last one published) before the caller sees it
             self.progress.source_done(item)
+        super().put(item, block, timeout)
 
 
 def deployment_rows(run: DeploymentRun) -> list[tuple[str, Any, str]]:
@@ -81,7 +81,8 @@ def deployment_rows(run: DeploymentRun) -> list[tuple[str, Any, str]]:
 def _track(deployment: str, runs: list[DeploymentRun], progress: bool | None) -> Any:
     from scalegroups.artifacts import track
 
-    return track(deployment.split("/")[-1], runs, deployment_rows, progress=progress, subscribe=lambda *_: None)
+    name = deployment.split("/")[-1]
+    return track(name, runs, deployment_rows, progress=progress, subscribe=lambda *_: None, final_inline=True)
 
 
 class DeploymentMap:
