@@ -102,6 +102,10 @@ class FanOut:
             return [ItemOutcome(i, self.keys[i], CRASHED, error=exc, traceback=tb) for i in range(start, stop)]
         return [ItemOutcome(i, self.keys[i], status, value, error, tb) for i, status, value, error, tb in rows]
 
+    def item_rows(self, batch: GroupRun) -> list[tuple[str, Any, str]]:
+        """(status, key, error) of each item of a finished batch, for progress counts."""
+        return [(o.status, o.key, repr(o.error) if o.error else "") for o in self._outcomes(batch)]
+
     def as_completed(self, timeout: float | None = None) -> Iterator[ItemOutcome]:
         """Yield every item's outcome, a batch at a time, as batches finish."""
         for batch in as_completed(self.batches, timeout=timeout):
@@ -134,12 +138,14 @@ def fan_out(
     batch_size: int | None = None,
     key: Callable[[Any], Hashable] | None = None,
     name: str | None = None,
+    progress: bool | None = None,
     **kwargs: Any,
 ) -> FanOut:
     """Run `fn(item, **kwargs)` for every item, `batch_size` items per Prefect task run.
 
     `fn` is a plain function (a Prefect task's function is used directly). The default batch size
     gives each worker about four batches. Call inside a flow; works on every runner.
+    `progress=False`: no progress artifacts (counted in items) in the Prefect UI.
     """
     if FlowRunContext.get() is None:
         raise OrchestrationError("fan_out submits tasks: call it from the body of a flow")
@@ -160,4 +166,8 @@ def fan_out(
 
     batch_group = Group(submit_batch, name=label)
     bounds = [(start, min(start + size, len(item_list))) for start in range(0, len(item_list), size)]
-    return FanOut(label, keys, batch_group.map(bounds))
+    fanned = FanOut(label, keys, batch_group.map(bounds, progress=False))
+    from scalegroups.artifacts import track
+
+    track(label, fanned.batches, fanned.item_rows, total=len(item_list), progress=progress)
+    return fanned

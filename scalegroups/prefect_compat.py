@@ -409,6 +409,18 @@ def run_prefect_task_on_ray(*upstream_refs: Any, **kwargs: Any) -> Any:
     return RayTaskRunner._run_prefect_task(*upstream_refs, **kwargs)
 
 
+def ray_dashboard_url(runner: Any) -> str | None:
+    """The dashboard URL `ray.init` returned to a started prefect-ray runner, with a scheme.
+
+    Relies on `RayTaskRunner._ray_context` (what `ray.init` returned in `__enter__`) and on its
+    `dashboard_url` attribute (Ray's `RayContext` / `ClientContext`); None when Ray has no dashboard.
+    """
+    url = getattr(getattr(runner, "_ray_context", None), "dashboard_url", None)
+    if not url:
+        return None
+    return url if "://" in url else f"http://{url}"
+
+
 def call_at_thread_shutdown(callback: Any) -> None:
     """Call `callback()` when the main thread ends, before `concurrent.futures` stops its pools.
 

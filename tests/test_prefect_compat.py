@@ -279,3 +279,21 @@ def test_dask_submissions_are_keyed_without_tokenizing(scalegroups_task_runner):
     assert results == [0, 2, 4, 6] and keyed
     assert all(re.fullmatch(r"double-[0-9a-f]{32}", key) for key in keys), keys
     assert len(set(keys)) == 4
+
+
+def test_prefect_ray_keeps_what_ray_init_returned_with_its_dashboard_url():
+    prefect_ray = pytest.importorskip("prefect_ray")
+    import ray
+
+    assert "self._ray_context = ray.init(" in inspect.getsource(prefect_ray.RayTaskRunner.__enter__)
+    # what ray.init returns (RayContext locally, ClientContext for ray://) declares it in their base
+    assert "dashboard_url" in ray._private.worker.BaseContext.__annotations__
+
+    class Started:  # what the runner holds after `__enter__`, without starting a Ray
+        def __init__(self, url):
+            self._ray_context = type("Context", (), {"dashboard_url": url})()
+
+    assert compat.ray_dashboard_url(Started("127.0.0.1:8265")) == "http://127.0.0.1:8265"
+    assert compat.ray_dashboard_url(Started("https://ray.example/")) == "https://ray.example/"
+    assert compat.ray_dashboard_url(Started("")) is None
+    assert compat.ray_dashboard_url(object()) is None

@@ -15,8 +15,14 @@ from scalegroups.engines import RaySection
 from scalegroups.engines.base import EngineRunnerMixin
 from scalegroups.errors import ConfigurationError
 from scalegroups.network import check_reachable
-from scalegroups.prefect_compat import RayRemoteFunctions, install_worker_hooks, run_prefect_task_on_ray
+from scalegroups.prefect_compat import (
+    RayRemoteFunctions,
+    install_worker_hooks,
+    ray_dashboard_url,
+    run_prefect_task_on_ray,
+)
 from scalegroups.resources import Resources
+from scalegroups.settings import engine_logs_enabled
 
 RAY_GCS_PORT = 6379
 RAY_CLIENT_PORT = 10001
@@ -63,6 +69,18 @@ class RayRunner(EngineRunnerMixin, CachedRemoteRayTaskRunner):
         """
         install_worker_hooks()
         return run_prefect_task_on_ray(*upstream_refs, **kwargs)
+
+    @contextmanager
+    def quiet_logs(self) -> Iterator[None]:
+        """Ray's INFO lines off in this process (`ray.init(logging_level=WARNING)`), unless the profile
+        sets a level or `SCALEGROUPS_ENGINE_LOGS=1`; tasks' own output still reaches the driver."""
+        if not engine_logs_enabled() and not str(self.address).startswith("ray://"):
+            self.init_kwargs.setdefault("logging_level", logging.WARNING)
+        yield
+
+    def dashboard_url(self) -> str | None:
+        """The Ray dashboard `ray.init` reported for this runner, if Ray serves one."""
+        return ray_dashboard_url(self)
 
     def parallelism(self) -> int:
         """CPUs of the Ray cluster."""
