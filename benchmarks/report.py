@@ -190,6 +190,29 @@ def startup_table(startup: dict[str, float]) -> list[str]:
     return lines
 
 
+def stop_table(results: dict, engines: list[str]) -> list[str]:
+    """(h): how long a timed-out group's running task keeps running."""
+    lines = [
+        "",
+        "## (h) Stopping a timed-out group",
+        "",
+        "A group with `timeout=1` whose task spins in pure Python: seconds from the group's deadline"
+        " (submitted + 1 s) to the task stopped (Dask: `TaskInterrupted` raised in its thread, its"
+        " `finally` ran; Ray: the worker process ended by `ray.cancel(force=True)`). Median of the repeats.",
+        "",
+        "| engine | seconds to stop | repeats |",
+        "|---|---|---|",
+    ]
+    for e in engines:
+        found = entry(results, e, "scalegroups")
+        values = [v for v in (found or {}).get("stop", []) if v is not None]
+        if found and found.get("stop"):
+            missing = len(found["stop"]) - len(values)
+            note = f"{len(values)}" + (f" ({missing} not stopped within 60 s)" if missing else "")
+            lines.append(f"| {e} | {fmt(statistics.median(values) if values else None)} | {note} |")
+    return lines
+
+
 def remote_table(remote: dict, cfg: dict) -> list[str]:
     """(g): the same trivial task runs with the API server over loopback and on another host."""
     lines = ["", "## (g) The API server on another host", ""]
@@ -294,6 +317,7 @@ def render(
     lines += data_and_first_tables(results, engines, cfg)
     lines += startup_table(startup)
     lines += remote_table(remote or {}, cfg)
+    lines += stop_table(results, engines)
     lines += targets(results, engines, cfg, serial, startup)
     lines += ["", "Charts: ![bookkeeping](bookkeeping.png) ![speedup](speedup.png) ![start-up](startup.png)", ""]
     return "\n".join(lines)
