@@ -305,11 +305,14 @@ def stop_latency(engine: str) -> float | None:
         deadline_at = time.time() + w.one_spin.timeout
         run = w.one_spin(0, folder)
         deadline = time.monotonic() + 60
-        while not list(Path(folder).glob("pid-*")) and time.monotonic() < deadline:
+        while not list(Path(folder).glob("pid-*")) and not run.done() and time.monotonic() < deadline:
             time.sleep(0.01)
         with contextlib.suppress(GroupTimeoutError):
             run.result()
-        pid = int(next(Path(folder).glob("pid-*")).read_text())
+        started = list(Path(folder).glob("pid-*"))
+        if not started:
+            return None  # cancelled before it started: nothing was running to stop
+        pid = int(started[0].read_text())
         while time.monotonic() < deadline:
             stopped = list(Path(folder).glob("stopped-*"))
             if stopped:

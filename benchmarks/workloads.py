@@ -80,6 +80,6 @@ def spin_fn(folder: str) -> None:
 spin = task(spin_fn, name="spin")
 
 
-@scalegroups.group(timeout=1.0)
+@scalegroups.group(timeout=2.0)
 def one_spin(_: int, folder: str):
     return spin.submit(folder)
