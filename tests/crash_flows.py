@@ -2,7 +2,8 @@
 
 `python tests/crash_flows.py items N`: a checkpointed group over N items; each task execution
 leaves `done-<item>-<pid>` in `$CRASH_MARKERS` (set per run: inputs stay the same across runs).
-`python tests/crash_flows.py hold`: two tasks that run until killed, each leaving `started-<pid>`.
+`python tests/crash_flows.py hold`: two tasks that run until killed, each leaving `started-<pid>-<n>`,
+and the flow's API URL in `$CRASH_MARKERS/api`.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def holding() -> None:
     from scalegroups.server import configured_api_url
 
     futures = [hold.submit(600 + i) for i in range(2)]
-    print("API", configured_api_url(), flush=True)
+    Path(os.environ["CRASH_MARKERS"], "api").write_text(configured_api_url() or "")
     [f.result() for f in futures]
 
 

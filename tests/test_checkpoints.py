@@ -13,10 +13,79 @@ from pathlib import Path
 
 import pytest
 from crash_flows import executions, fanned_items, noted_items
-from helpers import REPO, kill_marked, marked_env
+from helpers import REPO, gone_within, kill_marked, marked_env
 
 N_ITEMS = 40
-KILL_AFTER = 15
+KILL_AFTER = 15  # marker files of the first run before its process group is killed
+MAX_SECOND_RUN = 27
+
+
+def selected(request: pytest.FixtureRequest, runner: str) -> None:
+    """Skip unless `runner` is among `--scalegroups-runners` (these tests start their own engines)."""
+    names = [n.strip() for n in request.config.getoption("--scalegroups-runners").split(",")]
+    if runner not in names:
+        pytest.skip(f"{runner} not in --scalegroups-runners")
+
+
+def markers(folder: Path) -> list[Path]:
+    return list(folder.glob("done-*"))
+
+
+@pytest.mark.parametrize(
+    "runner",
+    ["thread", "process", "dask", pytest.param("ray", marks=pytest.mark.slow)],  # ray: two private Rays start
+)
+def test_killed_run_called_again_reruns_only_what_had_not_finished(runner, request, tmp_path, scalegroups_prefect_api):
+    selected(request, runner)
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir(), second.mkdir()
+    common = {
+        "SCALEGROUPS_RUNNER": runner,
+        "SCALEGROUPS_MAX_WORKERS": "2",
+        "SCALEGROUPS_RESULT_STORAGE": str(tmp_path / "results"),  # this test's checkpoints only
+        "PREFECT_API_URL": scalegroups_prefect_api,
+    }
+    env, marker = marked_env(**common, CRASH_MARKERS=str(first))
+    child = subprocess.Popen(
+        [sys.executable, "tests/crash_flows.py", "items", str(N_ITEMS)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # its own process group: the kill takes its engine with it
+    )
+    try:
+        deadline = time.monotonic() + 180  # a guard against a hang, not the expectation
+        while len(markers(first)) < KILL_AFTER:
+            assert child.poll() is None, f"the first run ended before the kill: {child.stderr.read()[-3000:]}"
+            assert time.monotonic() < deadline, "the first run made no progress"
+            time.sleep(0.05)
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+        left = gone_within(marker, 30)
+        kill_marked(marker)
+    assert left == [], "the killed run left processes"
+    done_first = len(markers(first))
+    assert done_first < N_ITEMS, "the first run finished before the kill"
+
+    env, _ = marked_env(**common, CRASH_MARKERS=str(second))
+    out = subprocess.run(
+        [sys.executable, "tests/crash_flows.py", "items", str(N_ITEMS)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    line = next(line for line in out.stdout.splitlines() if line.startswith("RESULT "))
+    assert json.loads(line.removeprefix("RESULT ")) == {str(i): i * i for i in range(N_ITEMS)}
+    rerun = len(markers(second))
+    print(f"{runner}: first run executed {done_first} items before the kill, the second {rerun}")
+    assert rerun <= MAX_SECOND_RUN, f"the second run executed {rerun} items (first run: {done_first})"
 
 
 @pytest.mark.scalegroups_runners("thread", "dask")
@@ -28,10 +97,10 @@ def test_second_call_reuses_results_and_a_changed_input_is_recomputed(scalegroup
     assert executions(tmp_path) == [0, 1, 2, 3], "the second call executed tasks again"
     assert noted_items(5, str(tmp_path), salt) == {i: i * i for i in range(5)}
     assert executions(tmp_path) == [0, 1, 2, 3, 4], "only the new item should run"
-    other = str(tmp_path / "other")
-    os.mkdir(other)
-    noted_items(2, other, salt)  # a changed input (the folder) is a new key
-    assert executions(Path(other)) == [0, 1]
+    other = tmp_path / "other"
+    other.mkdir()
+    noted_items(2, str(other), salt)  # a changed input (the folder) is a new key
+    assert executions(other) == [0, 1]
 
 
 def test_groups_without_checkpoint_run_again(scalegroups_prefect_api, tmp_path, monkeypatch):
