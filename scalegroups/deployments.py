@@ -267,9 +267,14 @@ class DeploymentMap:
         for _ in range(len(self.runs)):
             yield self._finished.get()
 
-    def wait(self) -> list[DeploymentRun]:
-        """Wait for every run; return them in item order (also after `as_completed()` consumed them)."""
-        self._all_reported.wait()
+    def wait(self, timeout: float | None = None) -> list[DeploymentRun]:
+        """Wait for every run; return them in item order (also after `as_completed()` consumed them).
+
+        Raises `TimeoutError` if some run is still unfinished after `timeout` seconds.
+        """
+        if not self._all_reported.wait(timeout):
+            left = len(self.runs) - len(self._reported)
+            raise TimeoutError(f"{left} of {len(self.runs)} runs of {self.deployment} unfinished after {timeout} s")
         return list(self.runs)
 
     def results(self) -> dict[Any, Any]:
