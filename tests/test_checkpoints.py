@@ -14,6 +14,13 @@ from pathlib import Path
 import pytest
 from crash_flows import executions, fanned_items, noted_items
 from helpers import REPO, gone_within, kill_marked, marked_env
+from prefect import task
+from prefect.cache_policies import INPUTS, NO_CACHE
+
+from scalegroups.checkpoints import CHECKPOINT_POLICY, Checkpointing
+from scalegroups.errors import ConfigurationError, ProfileError
+from scalegroups.profiles import parse_profile, parse_storage
+from scalegroups.runners import build_task_runner, resolve_runner
 
 N_ITEMS = 40
 KILL_AFTER = 15  # marker files of the first run before its process group is killed
@@ -130,3 +137,65 @@ def test_fan_out_checkpoints_batches(scalegroups_runner, tmp_path):
     assert fanned_items(6, str(tmp_path), salt) == [i * i for i in range(6)]
     # batches of 2: [0,1] [2,3] [4] then [0,1] [2,3] [4,5] -- only the changed last batch reruns
     assert executions(tmp_path) == [0, 1, 2, 3, 4, 4, 5]
+
+
+# ------------------------------------------------------------------- engine-free: the options
+
+
+@task
+def plain(x: int) -> int:
+    return x
+
+
+def test_a_checkpointed_task_persists_with_a_key_of_source_and_inputs():
+    options = Checkpointing().options(plain)
+    assert options == {"persist_result": True, "cache_policy": CHECKPOINT_POLICY}
+    stored = Checkpointing(storage="/shared/results").options(plain)
+    assert stored["result_storage"] == Path("/shared/results")
+
+
+def test_the_users_own_cache_choices_are_kept():
+    chosen = plain.with_options(cache_policy=INPUTS)
+    assert Checkpointing().options(chosen) == {"persist_result": True}
+    keyed = plain.with_options(cache_key_fn=lambda ctx, args: "k")
+    assert "cache_policy" not in Checkpointing().options(keyed)
+    assert Checkpointing().options(plain.with_options(persist_result=False)) == {}
+    assert Checkpointing().options(plain.with_options(cache_policy=NO_CACHE)) == {}
+    slugged = plain.with_options(result_storage=Path("/mine"))
+    assert "result_storage" not in Checkpointing(storage="/shared").options(slugged)
+
+
+def test_result_storage_is_an_absolute_path_or_a_block_slug(tmp_path):
+    assert parse_storage("/mnt/shared/results") == Path("/mnt/shared/results")
+    assert parse_storage("s3-bucket/results") == "s3-bucket/results"
+    with pytest.raises(ValueError, match="neither an absolute path"):
+        parse_storage("results")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("result_storage: relative/dir/here\n")
+    with pytest.raises(ProfileError, match="result_storage"):
+        parse_profile(bad)
+    good = tmp_path / "good.yaml"
+    good.write_text("result_storage: /mnt/shared/results\n")
+    assert parse_profile(good).result_storage == "/mnt/shared/results"
+
+
+def test_storage_and_checkpoint_default_reach_the_runner(tmp_path, monkeypatch):
+    profile = tmp_path / "p.yaml"
+    profile.write_text("result_storage: /from/profile\n")
+    monkeypatch.setenv("SCALEGROUPS_PROFILE", str(profile))
+    monkeypatch.delenv("SCALEGROUPS_RESULT_STORAGE", raising=False)
+    monkeypatch.delenv("SCALEGROUPS_CHECKPOINT", raising=False)
+    runner = build_task_runner(resolve_runner("thread"))
+    assert (runner.checkpoint, runner.result_storage) == (False, "/from/profile")
+    assert runner.duplicate().result_storage == "/from/profile"
+    monkeypatch.setenv("SCALEGROUPS_RESULT_STORAGE", "/from/env")
+    monkeypatch.setenv("SCALEGROUPS_CHECKPOINT", "1")
+    spec = resolve_runner("thread")
+    assert (spec.checkpoint, spec.result_storage, spec.sources["result_storage"]) == (
+        True,
+        "/from/env",
+        "$SCALEGROUPS_RESULT_STORAGE",
+    )
+    monkeypatch.setenv("SCALEGROUPS_RESULT_STORAGE", "not/a/valid/slug/or/path")
+    with pytest.raises(ConfigurationError, match="SCALEGROUPS_RESULT_STORAGE"):
+        resolve_runner("thread")
