@@ -428,3 +428,14 @@ def as_flow_subclass(flow: Any, cls: type) -> Any:
     """
     flow.__class__ = cls
     return flow
+
+
+# ------------------------------------------------------------------------------------------------
+# 4. Behaviour checkpoints rely on (scalegroups.checkpoints; no code here, checked by tests)
+#
+# - A result file left half-written by a killed worker is treated as absent: `ResultStore.exists`
+#   returns False when the record at a key does not deserialize, so the task runs again and
+#   overwrites it (Prefect writes result files in place, not atomically).
+# - `TASK_SOURCE` gives the same key for a task before and after a cloudpickle round trip (the
+#   key computed in a worker process matches the one of the run before the crash).
+# ------------------------------------------------------------------------------------------------
