@@ -38,7 +38,7 @@ class Checkpointing:
 
     def options(self, task: Any) -> dict[str, Any]:
         """The `task.with_options(...)` arguments that checkpoint `task` (empty: leave it alone)."""
-        if task.persist_result is False or task.cache_policy is NO_CACHE:
+        if task.persist_result is False or task.cache_policy == NO_CACHE:
             return {}  # the user asked for no persisted or no reused result
         options: dict[str, Any] = {"persist_result": True}
         if not (cache_policy_was_chosen(task) or task.cache_key_fn is not None):

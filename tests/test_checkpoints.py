@@ -199,3 +199,43 @@ def test_storage_and_checkpoint_default_reach_the_runner(tmp_path, monkeypatch):
     monkeypatch.setenv("SCALEGROUPS_RESULT_STORAGE", "not/a/valid/slug/or/path")
     with pytest.raises(ConfigurationError, match="SCALEGROUPS_RESULT_STORAGE"):
         resolve_runner("thread")
+
+
+SOURCE = """
+import uuid
+from pathlib import Path
+from prefect import task
+import scalegroups
+
+@task
+def compute(folder: str, salt: str, item: int) -> int:
+    Path(folder, f"ran-{item}-{uuid.uuid4().hex}").write_text("")
+    return RESULT
+
+@scalegroups.group(checkpoint=True)
+def computed(item: int, folder: str, salt: str):
+    return compute.submit(folder, salt, item)
+
+@scalegroups.flow
+def run(n: int, folder: str, salt: str) -> list:
+    return [r.result() for r in computed.map(range(n), folder=folder, salt=salt)]
+"""
+
+
+def test_a_changed_task_source_is_recomputed(scalegroups_prefect_api, tmp_path, monkeypatch):
+    import importlib
+
+    monkeypatch.setenv("SCALEGROUPS_RUNNER", "thread")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    salt, folder = uuid.uuid4().hex, tmp_path / "ran"
+    folder.mkdir()
+
+    def flow_with(module: str, result: str):
+        (tmp_path / f"{module}.py").write_text(SOURCE.replace("RESULT", result))
+        return importlib.import_module(module).run
+
+    assert flow_with("first", "item * 2")(2, str(folder), salt) == [0, 2]
+    assert flow_with("same_source", "item * 2")(2, str(folder), salt) == [0, 2]  # another file, same source
+    assert executions(folder) == [0, 1]
+    assert flow_with("changed", "item * 3")(2, str(folder), salt) == [0, 3]
+    assert executions(folder) == [0, 0, 1, 1], "a changed task source must be recomputed"
