@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: install demo test test-compat test-k8s test-quick lint bench clean
+.PHONY: install demo test test-prefect-oldest test-burn test-compat test-k8s test-quick lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,10 +25,32 @@ install: $(STAMP)
 demo: install
 	SCALEGROUPS_RUNNER=dask $(BIN)/python examples/primes.py
 
-# Tests get their own Prefect home (a database of their own) and never a user's remote API.
+# Tests get their own Prefect home (a database of their own) and never a user's remote API. Two
+# pytest-xdist workers, one test file each at a time (most tests wait on engines and subprocesses).
+TEST_WORKERS ?= 2
 test: install
 	env -u PREFECT_API_URL -u PREFECT_API_KEY PREFECT_HOME=$(CURDIR)/.prefect-test \
-		$(BIN)/python -m pytest $(PYTEST_ARGS)
+		$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+
+# The oldest Prefect pyproject.toml allows, in a virtualenv of its own: the compatibility hooks'
+# tests and the group tests on thread and Dask (`make test` runs the newest allowed).
+OLDEST_VENV := .venv-prefect-oldest
+OLDEST_PREFECT := $(shell sed -n 's/.*"prefect>=\([0-9.]*\),.*/\1/p' pyproject.toml)
+$(OLDEST_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST_VENV)/bin/python -m pip install -q --upgrade pip
+	$(OLDEST_VENV)/bin/python -m pip install -q -e ".[test,ray]" "prefect==$(OLDEST_PREFECT)"
+	touch $@
+
+test-prefect-oldest: $(OLDEST_VENV)/.installed
+	$(OLDEST_VENV)/bin/python -c "import prefect; assert prefect.__version__ == '$(OLDEST_PREFECT)', prefect.__version__; print('prefect', prefect.__version__)"
+	env -u PREFECT_API_URL -u PREFECT_API_KEY PREFECT_HOME=$(CURDIR)/.prefect-test-oldest \
+		$(OLDEST_VENV)/bin/python -m pytest -p no:cacheprovider -q tests/test_prefect_compat.py tests/test_groups.py \
+		$(PYTEST_ARGS)
+
+# The suite 3 times in a row with one core kept busy by a CPU burner (tests/burn.py); logs in .burn-run-N.log.
+test-burn: install
+	$(BIN)/python tests/burn.py --runs $(or $(RUNS),3) $(PYTEST_ARGS)
 
 # The Kubernetes e2e (changes the cluster KUBECONFIG names): apply k8s/, run the example Job on Dask and Ray.
 test-k8s: install

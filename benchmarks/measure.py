@@ -15,6 +15,7 @@ Prints one line `RESULT <json>`: for each workload, a list of repeat measurement
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -258,6 +259,8 @@ def scalegroups_body(cfg: dict, called_at: float) -> dict:
         return [r.result() for r in w.one_consume.map(range(4), data=shared)]
 
     out["data"] = repeat(cfg["repeats"], fan_data)
+    if cfg.get("engine") in ("dask", "ray"):
+        out["stop"] = [stop_latency(cfg["engine"]) for _ in range(cfg["repeats"])]
     return out
 
 
@@ -284,6 +287,51 @@ def user_body(grouped: bool) -> Callable[[dict, float], dict]:
     return body
 
 
+def stop_latency(engine: str) -> float | None:
+    """Seconds from a group's deadline (submitted + `timeout`) to its running task being stopped
+    (None: not stopped within 60 s).
+
+    Stopped = the task's thread was interrupted (its `finally` wrote the time: Dask, threads never)
+    or its process ended (Ray's forced cancel, seen by polling).
+    """
+    import tempfile
+    from pathlib import Path
+
+    import psutil
+
+    from scalegroups import GroupTimeoutError
+
+    with tempfile.TemporaryDirectory() as folder:
+        deadline_at = time.time() + w.one_spin.timeout
+        run = w.one_spin(0, folder)
+        deadline = time.monotonic() + 60
+        while not list(Path(folder).glob("pid-*")) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with contextlib.suppress(GroupTimeoutError):
+            run.result()
+        pid = int(next(Path(folder).glob("pid-*")).read_text())
+        while time.monotonic() < deadline:
+            stopped = list(Path(folder).glob("stopped-*"))
+            if stopped:
+                return float(stopped[0].read_text()) - deadline_at
+            if engine == "ray" and not psutil.pid_exists(pid):
+                return time.time() - deadline_at
+            time.sleep(0.01)
+    return None
+
+
+def trivial_body(cfg: dict, called_at: float) -> dict:
+    """Only the trivial tasks (the server-over-a-network rows, `benchmarks/remote.py`)."""
+    w.one_noop(0).result()
+    out: dict[str, list] = {"first_result": [time.time() - called_at], "trivial": [], "trivial_cpu": []}
+    meter = CpuMeter()
+    for _ in range(cfg["repeats"]):
+        wall, cpu = meter.per_task(lambda: scalegroups_trivial(cfg["trivial"]), cfg["trivial"])
+        out["trivial"].append(wall)
+        out["trivial_cpu"].append(cpu)
+    return out
+
+
 def run_flow(engine: str, config: str, cfg: dict) -> dict:
     from prefect import flow
 
@@ -298,9 +346,10 @@ def run_flow(engine: str, config: str, cfg: dict) -> dict:
         "scalegroups": scalegroups_body,
         "prefect-user": user_body(grouped=False),
         "scalegroups-user": user_body(grouped=True),
+        "scalegroups-trivial": trivial_body,
     }[config]
     bench_flow = flow(body, name=f"bench-{config}-{engine}", task_runner=runner)
-    return bench_flow(cfg, time.time())
+    return bench_flow({**cfg, "engine": engine}, time.time())
 
 
 def main() -> None:

@@ -190,6 +190,65 @@ def startup_table(startup: dict[str, float]) -> list[str]:
     return lines
 
 
+def stop_table(results: dict, engines: list[str]) -> list[str]:
+    """(h): how long a timed-out group's running task keeps running."""
+    lines = [
+        "",
+        "## (h) Stopping a timed-out group",
+        "",
+        "A group with `timeout=1` whose task spins in pure Python: seconds from the group's deadline"
+        " (submitted + 1 s) to the task stopped (Dask: `TaskInterrupted` raised in its thread, its"
+        " `finally` ran; Ray: the worker process ended by `ray.cancel(force=True)`). Median of the repeats.",
+        "",
+        "| engine | seconds to stop | repeats |",
+        "|---|---|---|",
+    ]
+    for e in engines:
+        found = entry(results, e, "scalegroups")
+        values = [v for v in (found or {}).get("stop", []) if v is not None]
+        if found and found.get("stop"):
+            missing = len(found["stop"]) - len(values)
+            note = f"{len(values)}" + (f" ({missing} not stopped within 60 s)" if missing else "")
+            lines.append(f"| {e} | {fmt(statistics.median(values) if values else None)} | {note} |")
+    return lines
+
+
+def remote_table(remote: dict, cfg: dict) -> list[str]:
+    """(g): the same trivial task runs with the API server over loopback and on another host."""
+    lines = ["", "## (g) The API server on another host", ""]
+    if not remote:
+        return lines + ["Not measured in this run (`--no-remote`)."]
+    if "skipped" in remote:
+        return lines + [f"Not measured here: {remote['skipped']}."]
+    delay = remote.get("delay_ms")
+    lines += [
+        f"{cfg['trivial']} trivial tasks (one group run each); the lean API server in this host's network"
+        " namespace (**loopback**) or in another namespace across a veth pair and a bridge (**network**"
+        + (f", {delay:g} ms round trip added with netem" if delay else ", no delay added: netem unavailable")
+        + "). CPU ms per task run by process, and wall ms per task.",
+        "",
+        "| engine | server | flow | workers | server CPU | total | wall ms/task | network ÷ loopback (wall) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for engine, places in remote.items():
+        if not isinstance(places, dict):
+            continue
+        walls = {}
+        for place in ("loopback", "network"):
+            found = places.get(place)
+            if not isinstance(found, dict):
+                lines.append(f"| {engine} | {place} | failed: {str(found)[:80]} | | | | | |")
+                continue
+            split = {k: statistics.median(r[k] for r in found["trivial_cpu"]) for k in ("flow", "workers", "server")}
+            walls[place] = statistics.median(found["trivial"]) / cfg["trivial"] * 1000
+            ratio_text = fmt(ratio(walls.get("network"), walls.get("loopback"))) if place == "network" else ""
+            lines.append(
+                f"| {engine} | {place} | {fmt(split['flow'], 1)} | {fmt(split['workers'], 1)} |"
+                f" {fmt(split['server'], 1)} | {fmt(sum(split.values()), 1)} | {fmt(walls[place], 1)} | {ratio_text} |"
+            )
+    return lines
+
+
 def targets(results: dict, engines: list[str], cfg: dict, serial: float, startup: dict[str, float]) -> list[str]:
     lines = ["", "## Targets", ""]
     for e in [x for x in WORKER_ENGINES if x in engines]:
@@ -237,7 +296,14 @@ def targets(results: dict, engines: list[str], cfg: dict, serial: float, startup
 
 
 def render(
-    results: dict, startup: dict[str, float], cfg: dict, serial: float, machine: dict, elapsed: float, quick: bool
+    results: dict,
+    startup: dict[str, float],
+    cfg: dict,
+    serial: float,
+    machine: dict,
+    elapsed: float,
+    quick: bool,
+    remote: dict | None = None,
 ) -> str:
     """The whole RESULTS.md text."""
     engines = list(results)
@@ -250,6 +316,8 @@ def render(
     lines += fine_table(results, engines, cfg)
     lines += data_and_first_tables(results, engines, cfg)
     lines += startup_table(startup)
+    lines += remote_table(remote or {}, cfg)
+    lines += stop_table(results, engines)
     lines += targets(results, engines, cfg, serial, startup)
     lines += ["", "Charts: ![bookkeeping](bookkeeping.png) ![speedup](speedup.png) ![start-up](startup.png)", ""]
     return "\n".join(lines)

@@ -122,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "RESULTS.md"))
     parser.add_argument("--no-charts", action="store_true", help="skip the PNG charts")
     parser.add_argument("--no-startup", action="store_true", help="skip the whole-process start-up section")
+    parser.add_argument("--no-remote", action="store_true", help="skip the server-on-another-host section")
+    parser.add_argument("--configs", default=",".join(SHARED + USER), help="which configurations to run")
     args = parser.parse_args(argv)
 
     from benchmarks.startup import measure_startup
@@ -136,20 +138,29 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sgbench-")))
         (workdir / "stock").mkdir()
         (workdir / "lean").mkdir()
+        configs = args.configs.split(",")
         servers = {
-            "prefect": stack.enter_context(local_server(workdir / "stock", "full")),
-            "scalegroups": stack.enter_context(local_server(workdir / "lean", "lean")),
+            config: stack.enter_context(local_server(workdir / home, services))
+            for config, home, services in (("prefect", "stock", "full"), ("scalegroups", "lean", "lean"))
+            if config in configs
         }
         for engine in args.engines.split(","):
             results[engine] = {}
-            for config in SHARED + USER:
+            for config in configs:
                 home = workdir / f"home-{engine}-{config}"
                 env = clean_env(PREFECT_HOME=str(home), **servers.get(config, {}))
                 t0 = time.perf_counter()
                 results[engine][config] = run_one(engine, config, cfg, env)
                 print(f"{engine:8} {config:17} {time.perf_counter() - t0:6.1f} s", flush=True)
         startup = {} if args.no_startup else measure_startup(workdir, repeats=cfg["repeats"], env=clean_env())
-    report = render(results, startup, cfg, serial, machine(), time.perf_counter() - started, quick=args.quick)
+    remote = {}
+    if not args.no_remote:
+        from benchmarks.remote import measure_remote
+
+        engines = [e for e in ("thread", "dask") if e in args.engines.split(",")]
+        remote = measure_remote(engines, cfg, clean_env())
+    elapsed = time.perf_counter() - started
+    report = render(results, startup, cfg, serial, machine(), elapsed, quick=args.quick, remote=remote)
     analysis = ROOT / "benchmarks" / "analysis.md"  # hand-written, from profiles: where the time went
     if analysis.exists() and not args.quick:
         report += "\n" + analysis.read_text()

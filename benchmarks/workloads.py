@@ -61,3 +61,25 @@ def one_burn(_: int, loops: int):
 @scalegroups.group
 def one_consume(_: int, data):
     return consume.submit(data)
+
+
+def spin_fn(folder: str) -> None:
+    """Spin until stopped: writes `pid-<pid>` first and `stopped-<pid>` (its time) when interrupted."""
+    import os
+    from pathlib import Path
+
+    pid = os.getpid()
+    Path(folder, f"pid-{pid}").write_text(str(pid))
+    try:
+        while True:
+            burn_fn(10_000)
+    finally:
+        Path(folder, f"stopped-{pid}").write_text(repr(time.time()))
+
+
+spin = task(spin_fn, name="spin")
+
+
+@scalegroups.group(timeout=1.0)
+def one_spin(_: int, folder: str):
+    return spin.submit(folder)

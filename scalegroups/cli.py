@@ -36,23 +36,80 @@ def _set_selection(args: argparse.Namespace) -> None:
         os.environ["SCALEGROUPS_PROFILE"] = args.profile
 
 
+def _addresses(profile: str | None) -> dict[str, dict[str, str | None]]:
+    """For each cluster engine: the address a flow call would use and where it came from.
+
+    Precedence (that of `resolve_runner`, called here): argument > $SCALEGROUPS_ADDRESS > the
+    engine's own variable (DASK_SCHEDULER_ADDRESS, RAY_ADDRESS) > profile > a local cluster.
+    """
+    from scalegroups.engines import ENGINES
+    from scalegroups.runners import resolve_runner
+
+    found: dict[str, dict[str, str | None]] = {}
+    for name, engine in ENGINES.items():
+        if engine.takes_address:
+            spec = resolve_runner(name, profile=profile)
+            found[name] = {"address": spec.address, "source": spec.sources.get("address", "default")}
+    return found
+
+
+def _pools(profile: str | None) -> dict[str, dict[str, Any]]:
+    """Pool sizes of the thread and process runners a flow call would build, and where they came from."""
+    from prefect.settings import get_current_settings
+
+    from scalegroups.prefect_compat import runner_pool_size
+    from scalegroups.runners import build_task_runner, resolve_runner
+
+    prefect_settings = get_current_settings().tasks.runner
+    variables = {
+        "thread": ("PREFECT_TASKS_RUNNER_THREAD_POOL_MAX_WORKERS", prefect_settings.thread_pool_max_workers),
+        "process": ("PREFECT_TASKS_RUNNER_PROCESS_POOL_MAX_WORKERS", prefect_settings.process_pool_max_workers),
+    }
+    pools: dict[str, dict[str, Any]] = {}
+    for name, (variable, prefect_value) in variables.items():
+        spec = resolve_runner(name, profile=profile)
+        size = runner_pool_size(build_task_runner(spec))
+        if "max_workers" in spec.sources:
+            source = spec.sources["max_workers"]
+        elif getattr(spec.section, "max_workers", None) is not None:
+            source = f"profile {spec.profile.name!r}"
+        elif prefect_value is not None:
+            source = f"${variable}"
+        else:
+            source = "Prefect's default"
+        pools[name] = {"max_workers": None if size >= sys.maxsize else size, "source": source}
+    return pools
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     """Print the runner, profile and address that a flow call would use now, and versions."""
     from scalegroups.runners import resolve_runner
-    from scalegroups.server import configured_api_url
+    from scalegroups.server import planned_api
 
     info = resolve_runner(args.runner, profile=args.profile).describe()
-    info["prefect_api_url"] = configured_api_url()
+    api_url, api_source = planned_api()
+    info["prefect_api_url"] = api_url
+    info["prefect_api_source"] = api_source
+    info["addresses"] = _addresses(args.profile)
+    info["pools"] = _pools(args.profile)
     info["versions"] = _versions()
     if args.json:
         print(json.dumps(info, indent=2, default=str), flush=True)
         return 0
-    api = info["prefect_api_url"] or "(none: one temporary local server per flow process)"
+    api = f"{info['prefect_api_url']}  (from {info['prefect_api_source']})"
+    if info["prefect_api_url"] is None:
+        api = info["prefect_api_source"]
     print(f"runner:    {info['runner']}  (from {info['sources']['runner']})")
     print(f"profile:   {info['profile']}  ({info['profile_file']})")
     print(f"address:   {info['address'] or '(starts a local cluster)'}")
     print(f"settings:  {json.dumps(info['settings'], default=str)}")
     print(f"prefect:   {api}")
+    print("addresses: argument > $SCALEGROUPS_ADDRESS > $DASK_SCHEDULER_ADDRESS / $RAY_ADDRESS > profile > local")
+    for name, found in info["addresses"].items():
+        print(f"  {name:<8} {found['address'] or '(starts a local cluster)'}  (from {found['source']})")
+    print("pools:")
+    for name, pool in info["pools"].items():
+        print(f"  {name:<8} max_workers {pool['max_workers'] or 'unbounded'}  (from {pool['source']})")
     print("versions:  " + ", ".join(f"{k} {v or 'not installed'}" for k, v in info["versions"].items()))
     return 0
 

@@ -89,6 +89,35 @@ class DeploymentRun:
         return self.state.result()
 
 
+class _ReportingQueue(queue.SimpleQueue):  # type: ignore[type-arg]
+    """The finished runs, each also counted by the map's progress artifacts (if any)."""
+
+    progress: Any = None
+
+    def put(self, item: DeploymentRun, block: bool = True, timeout: float | None = None) -> None:
+        if self.progress is not None:  # counted (the last one published) before the caller sees it
+            self.progress.source_done(item)
+        super().put(item, block, timeout)
+
+
+def deployment_rows(run: DeploymentRun) -> list[tuple[str, Any, str]]:
+    """The (status, key, error) row of a finished deployment run, for progress counts."""
+    if run.error is not None:
+        error = repr(run.error)
+    elif run.state is not None and not run.state.is_completed():
+        error = run.state.message or run.state.name
+    else:
+        error = ""
+    return [(run.status, run.key, error)]
+
+
+def _track(deployment: str, runs: list[DeploymentRun], progress: bool | None) -> Any:
+    from scalegroups.artifacts import track
+
+    name = deployment.split("/")[-1]
+    return track(name, runs, deployment_rows, progress=progress, subscribe=lambda *_: None, final_inline=True)
+
+
 class DeploymentMap:
     """Drives the flow runs of one `deploy_map` call from a background thread.
 
@@ -108,6 +137,8 @@ class DeploymentMap:
         limit: int | None,
         timeout: float | None,
         tags: Iterable[str],
+        job_variables: dict[str, Any] | None = None,
+        progress: bool | None = None,
         api_retry: float = API_RETRY_S,
     ):
         from prefect.context import SettingsContext
@@ -118,13 +149,15 @@ class DeploymentMap:
         self._deadline = None if timeout is None else time.monotonic() + timeout
         self._timeout = timeout
         self._tags = list(tags)
+        self._job_variables = dict(job_variables) if job_variables else None
         self.api_retry = api_retry
         #: API calls that failed and were retried (or gave up), for progress displays and tests
         self.api_failures = 0
         self._outage_since: float | None = None
         self._id = uuid.uuid4().hex
         self._settings = SettingsContext.get()  # the caller's Prefect settings, for the driver thread
-        self._finished: queue.SimpleQueue[DeploymentRun] = queue.SimpleQueue()
+        self._finished: queue.SimpleQueue[DeploymentRun] = _ReportingQueue()
+        self._finished.progress = _track(deployment, self.runs, progress)
         self._reported: set[int] = set()
         self._all_reported = threading.Event()
         if not self.runs:
@@ -208,6 +241,7 @@ class DeploymentMap:
                                 as_subflow=False,
                                 tags=self._tags,
                                 flow_run_name=f"{self.deployment.split('/')[-1]}[{run.key}]",
+                                job_variables=self._job_variables,
                                 idempotency_key=f"scalegroups-deploy-map-{self._id}-{index}",  # a retry is the same run
                             ),
                         )
@@ -304,12 +338,16 @@ def deploy_map(
     limit: int | None = None,
     timeout: float | None = None,
     tags: Iterable[str] = (),
+    job_variables: dict[str, Any] | None = None,
+    progress: bool | None = None,
     api_retry: float = API_RETRY_S,
 ) -> DeploymentMap:
     """One flow run of `deployment` ("flow-name/deployment-name") per item, at most `limit` at once.
 
     Each run gets `{parameter: item, **params}`. Returns at once; iterate `as_completed()`, or call
     `wait()` / `results()`. Runs not final after `timeout` seconds are cancelled and reported.
+    `job_variables` go to every run's work pool job (e.g. `{"env": {"SCALEGROUPS_RUNNER": "ray"}}`);
+    `progress=False`: no progress artifacts in the calling flow run.
     An unanswering Prefect API is retried for `api_retry` seconds per outage; then every
     unfinished item ends with status `api_error`.
     """
@@ -317,5 +355,14 @@ def deploy_map(
     keys = [key(item) if key else item for item in item_list]
     extra = dict(params or {})
     return DeploymentMap(
-        deployment, item_list, keys, lambda item: {parameter: item, **extra}, limit, timeout, tags, api_retry
+        deployment,
+        item_list,
+        keys,
+        lambda item: {parameter: item, **extra},
+        limit,
+        timeout,
+        tags,
+        job_variables=job_variables,
+        progress=progress,
+        api_retry=api_retry,
     )

@@ -103,6 +103,10 @@ class FanOut:
             return [ItemOutcome(i, self.keys[i], CRASHED, error=exc, traceback=tb) for i in range(start, stop)]
         return [ItemOutcome(i, self.keys[i], status, value, error, tb) for i, status, value, error, tb in rows]
 
+    def item_rows(self, batch: GroupRun) -> list[tuple[str, Any, str]]:
+        """(status, key, error) of each item of a finished batch, for progress counts."""
+        return [(o.status, o.key, repr(o.error) if o.error else "") for o in self._outcomes(batch)]
+
     def as_completed(self, timeout: float | None = None) -> Iterator[ItemOutcome]:
         """Yield every item's outcome, a batch at a time, as batches finish."""
         for batch in as_completed(self.batches, timeout=timeout):
@@ -135,6 +139,7 @@ def fan_out(
     batch_size: int | None = None,
     key: Callable[[Any], Hashable] | None = None,
     name: str | None = None,
+    progress: bool | None = None,
     checkpoint: bool | None = None,
     **kwargs: Any,
 ) -> FanOut:
@@ -142,6 +147,7 @@ def fan_out(
 
     `fn` is a plain function (a Prefect task's function is used directly). The default batch size
     gives each worker about four batches. Call inside a flow; works on every runner.
+    `progress=False`: no progress artifacts (counted in items) in the Prefect UI.
     `checkpoint=True` (or `SCALEGROUPS_CHECKPOINT=1`) persists each batch's outcomes, keyed on its
     items, `kwargs` and `fn`'s source: a run called again reruns only unfinished batches (give
     `batch_size` so that the batches are the same on every runner size).
@@ -168,4 +174,8 @@ def fan_out(
 
     batch_group = Group(submit_batch, name=label, checkpoint=checkpointed)
     bounds = [(start, min(start + size, len(item_list))) for start in range(0, len(item_list), size)]
-    return FanOut(label, keys, batch_group.map(bounds))
+    fanned = FanOut(label, keys, batch_group.map(bounds, progress=False))
+    from scalegroups.artifacts import track
+
+    track(label, fanned.batches, fanned.item_rows, total=len(item_list), progress=progress)
+    return fanned

@@ -279,12 +279,14 @@ class Group(Generic[P]):
         items: Iterable[Any],
         *,
         key: Callable[[Any], Hashable] | None = None,
+        progress: bool | None = None,
         **kwargs: Any,
     ) -> list[GroupRun]:
         """Call the group once per item (item as first argument); every run is submitted at once.
 
         Extra keyword arguments are passed unchanged to every call. A call that raises before
         submitting anything still yields a run, done and failed with that exception.
+        `progress=False`: no progress artifacts in the Prefect UI for this map (`scalegroups.artifacts`).
         """
         self._check_context()
         limits_module.require(self.limits, self.name, self.rate_limits)
@@ -297,6 +299,10 @@ class Group(Generic[P]):
                 raise
             except Exception as exc:
                 runs.append(GroupRun(self.name, run_key, error=exc))
+        from scalegroups.artifacts import track
+        from scalegroups.summary import group_rows
+
+        track(self.name, runs, group_rows, progress=progress)
         return runs
 
 

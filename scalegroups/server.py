@@ -456,6 +456,19 @@ def ensure_api(*, eager: bool = False) -> str:
     return _in_process.url
 
 
+def planned_api() -> tuple[str | None, str]:
+    """The API `ensure_api()` would choose now and why, without starting or exporting anything."""
+    configured = configured_api_url()
+    if configured:
+        return configured, "PREFECT_API_URL"
+    state = running_server()
+    if state is not None:
+        return state.url, f"`scalegroups server start` (pid {state.pid}, UI {state.url.removesuffix('/api')})"
+    if _in_process is not None:
+        return _in_process.url, "lean in-process server of this process"
+    return None, "a lean in-process server, started by each flow process (no UI; `scalegroups server start` keeps one)"
+
+
 def local_server() -> InProcessServer | None:
     """This process's in-process server, if `ensure_api()` started one."""
     return _in_process

@@ -36,3 +36,24 @@ def read_env() -> EnvSettings:
         item = exc.errors()[0]
         name = "SCALEGROUPS_" + str(item["loc"][0]).upper()
         raise ConfigurationError(f"{name}={os.environ.get(name, '')!r} is invalid: {item['msg']}") from None
+
+
+def _flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigurationError(f"{name}={value!r} is invalid: use 1 or 0")
+
+
+def progress_enabled() -> bool:
+    """False when `SCALEGROUPS_PROGRESS=0`: no progress artifacts for maps, fan-outs, deploy_maps."""
+    return _flag("SCALEGROUPS_PROGRESS", True)
+
+
+def engine_logs_enabled() -> bool:
+    """True when `SCALEGROUPS_ENGINE_LOGS=1`: keep Dask's and Ray's INFO logs (default: warnings only)."""
+    return _flag("SCALEGROUPS_ENGINE_LOGS", False)

@@ -33,6 +33,35 @@ def run_status(run: GroupRun) -> tuple[str, str]:
     return "failed", repr(error)
 
 
+def finished_status(run: GroupRun) -> tuple[str, str]:
+    """`run_status` for a finished run without fetching a successful run's results (states only)."""
+    if not run.failed():
+        return "completed", ""
+    return run_status(run)
+
+
+def group_rows(run: GroupRun) -> list[tuple[str, Any, str]]:
+    """The (status, key, error) row of a finished group run, for progress counts."""
+    status, error = finished_status(run)
+    return [(status, run.key, error)]
+
+
+def counts_line(counts: dict[str, int]) -> str:
+    """ "38 completed, 1 failed, 1 crashed": the non-zero counts, in `STATUSES` order."""
+    return ", ".join(f"{counts[s]} {s}" for s in STATUSES if counts.get(s)) or "none"
+
+
+def summary_table(counts: dict[str, int], problems: list[dict[str, str]], limit: int = 1000) -> list[dict[str, str]]:
+    """Rows for a Prefect table: one per status with its count, then one per problem item (key, error)."""
+    rows = [{"status": s, "count": str(counts.get(s, 0)), "key": "", "error": ""} for s in STATUSES]
+    for problem in problems[:limit]:
+        rows.append({"status": problem["status"], "count": "", "key": problem["key"], "error": problem["error"][:500]})
+    if len(problems) > limit:
+        more = str(len(problems) - limit)
+        rows.append({"status": "...", "count": more, "key": "(more problems not listed)", "error": ""})
+    return rows
+
+
 def summarize(items: Iterable[GroupRun] | FanOut, *, artifact_key: str | None = None) -> dict[str, Any]:
     """Wait for every run (or fan-out item) and count them by status; in a flow, also publish a table.
 
@@ -56,10 +85,9 @@ def summarize(items: Iterable[GroupRun] | FanOut, *, artifact_key: str | None = 
     if FlowRunContext.get() is not None:
         from prefect.artifacts import create_table_artifact
 
-        header = ", ".join(f"{summary[s]} {s}" for s in STATUSES if summary[s])
         create_table_artifact(
-            table=summary["problems"] or [{"key": "(all)", "status": "completed", "error": ""}],
+            table=summary_table(summary, summary["problems"]),
             key=artifact_key,
-            description=f"{name}: {summary['total']} items: {header or 'none'}",
+            description=f"{name}: {summary['total']} items: {counts_line(summary)}",
         )
     return summary

@@ -41,13 +41,14 @@ def unavailable_reason() -> str | None:
 class Hosts:
     """Named hosts (namespaces) on one private bridge; processes started in them are tracked."""
 
-    def __init__(self, hosts: Mapping[str, int]):
-        self.addresses = {name: f"{SUBNET}.{last}" for name, last in hosts.items()}
-        self.switch = f"{PREFIX}-sw"
+    def __init__(self, hosts: Mapping[str, int], prefix: str = PREFIX, subnet: str = SUBNET):
+        self.prefix = prefix
+        self.addresses = {name: f"{subnet}.{last}" for name, last in hosts.items()}
+        self.switch = f"{prefix}-sw"
         self.processes: list[subprocess.Popen[str]] = []
 
     def ns(self, host: str) -> str:
-        return f"{PREFIX}-{host}"
+        return f"{self.prefix}-{host}"
 
     def up(self) -> Hosts:
         self.down()  # leftovers of an interrupted run
@@ -55,7 +56,7 @@ class Hosts:
         _ip("link", "add", "br0", "type", "bridge", ns=self.switch)
         _ip("link", "set", "br0", "up", ns=self.switch)
         for host, address in self.addresses.items():
-            ns, inner, outer = self.ns(host), f"{PREFIX}{host}e", f"{PREFIX}{host}b"
+            ns, inner, outer = self.ns(host), f"{self.prefix}{host}e", f"{self.prefix}{host}b"
             subprocess.run(["ip", "netns", "add", ns], check=True)
             _ip("link", "add", inner, "type", "veth", "peer", "name", outer)
             _ip("link", "set", inner, "netns", ns)
@@ -94,7 +95,7 @@ class Hosts:
 
     def cut(self, host: str) -> None:
         """Take the host off the network (delete its link on the switch)."""
-        _ip("link", "del", f"{PREFIX}{host}b", ns=self.switch)
+        _ip("link", "del", f"{self.prefix}{host}b", ns=self.switch)
 
     def kill_all(self, host: str) -> int:
         """Kill every process running in the host's namespace (the host dies); return how many."""
@@ -119,7 +120,7 @@ class Hosts:
             self.stop(proc)
         self.processes.clear()
         listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
-        for ns in [name for name in listed if name.startswith(f"{PREFIX}-")]:
+        for ns in [name for name in listed if name.startswith(f"{self.prefix}-")]:
             pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):

@@ -12,11 +12,23 @@ from helpers import run_python
 def test_quick_benchmark_writes_every_section_and_chart(tmp_path):
     output = tmp_path / "RESULTS.md"
     out, _ = run_python(
-        ["-m", "benchmarks.run", "--quick", "--engines", "thread", "--no-startup", "--output", str(output)]
+        [
+            "-m",
+            "benchmarks.run",
+            "--quick",
+            "--engines",
+            "thread",
+            "--configs",
+            "raw,scalegroups",
+            "--no-startup",
+            "--no-remote",
+            "--output",
+            str(output),
+        ]
     )
     assert out.returncode == 0, out.stderr[-3000:]
     text = output.read_text()
-    for heading in ("## (a)", "## (b)", "## (c)", "## (d)", "## (e)", "## (f)", "## Targets"):
+    for heading in ("## (a)", "## (b)", "## (c)", "## (d)", "## (e)", "## (f)", "## (g)", "## Targets"):
         assert heading in text
     assert "Runs that failed" not in text, text[:3000]
     row = re.search(r"^\| thread \| scalegroups \| ([^|]+) \| ([^|]+) \| ([^|]+) \| ([^|]+) \|", text, re.M)

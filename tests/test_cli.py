@@ -15,6 +15,23 @@ def test_info_json_reports_the_resolved_runner():
     assert info["profile"] == "local" and info["versions"]["prefect"].startswith("3.")
 
 
+def test_info_names_each_address_and_where_it_came_from():
+    env = {"DASK_SCHEDULER_ADDRESS": "tcp://10.1.2.3:8786", "PREFECT_TASKS_RUNNER_PROCESS_POOL_MAX_WORKERS": "3"}
+    out, _ = run_python(["-m", "scalegroups.cli", "info"], env=env)
+    assert out.returncode == 0, out.stderr
+    assert "  dask     tcp://10.1.2.3:8786  (from $DASK_SCHEDULER_ADDRESS)" in out.stdout
+    assert "  ray      (starts a local cluster)  (from default)" in out.stdout
+    assert "  process  max_workers 3  (from $PREFECT_TASKS_RUNNER_PROCESS_POOL_MAX_WORKERS)" in out.stdout
+    assert "prefect:   a lean in-process server" in out.stdout
+    # $SCALEGROUPS_ADDRESS outranks the engine's own variable, for the same function the factory calls
+    out, _ = run_python(
+        ["-m", "scalegroups.cli", "info", "--json"], env={**env, "SCALEGROUPS_ADDRESS": "tcp://10.9.9.9:8786"}
+    )
+    info = json.loads(out.stdout)
+    assert info["addresses"]["dask"] == {"address": "tcp://10.9.9.9:8786", "source": "$SCALEGROUPS_ADDRESS"}
+    assert info["pools"]["thread"] == {"max_workers": None, "source": "Prefect's default"}
+
+
 def test_profiles_lists_and_validates(tmp_path):
     out, _ = run_python(["-m", "scalegroups.cli", "profiles"])
     assert out.returncode == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -59,6 +60,23 @@ def test_items_run_as_parallel_flow_runs(served):
     overlapping = sum(1 for a in spans for b in spans if a < b and a[0] < b[1] and b[0] < a[1])
     assert overlapping > 0, "flow runs did not overlap in time"
     assert len({r["pid"] for r in outcome["results"].values()}) == 7, "runs shared a process"
+    # the calling flow run's progress reached 100 and its table names the failed item
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    def newest(key):
+        with get_client(sync_client=True) as client:
+            found = client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])), sort=ArtifactSort.CREATED_DESC
+            )
+        return found[0]
+
+    progress = newest("scalegroups-score-item-progress")
+    assert float(progress.data) == 100.0 and progress.description == "score-item: 8/8 done: 7 completed, 1 failed"
+    summary = newest("scalegroups-score-item-summary")
+    assert summary.flow_run_id == progress.flow_run_id
+    assert [(row["key"], row["status"]) for row in json.loads(summary.data) if row["key"]] == [("5", "failed")]
 
 
 @pytest.mark.slow
@@ -66,6 +84,17 @@ def test_timeout_cancels_and_reports(served):
     runs = scalegroups.deploy_map("score-item/score-item", [1, 2], limit=1, timeout=0.5)
     statuses = {run.key: run.status for run in runs.as_completed()}
     assert statuses[2] == "timed_out"
+
+
+@pytest.mark.slow
+def test_job_variables_reach_each_flow_run(served):
+    from prefect import get_client
+
+    wanted = {"env": {"SCALEGROUPS_RUNNER": "ray"}}
+    [run] = scalegroups.deploy_map("score-item/score-item", [1], job_variables=wanted, timeout=120).wait()
+    assert run.status == "completed"
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(run.flow_run_id).job_variables == wanted
 
 
 def test_unknown_deployment_is_reported_per_item(scalegroups_prefect_api):

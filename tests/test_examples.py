@@ -52,3 +52,28 @@ def test_seed_example_runs_in_worker_processes_with_one_api_server(runner):
     # one API for the flow and all its workers: the flow's own; no worker starts a server of its own
     assert "Starting temporary server" not in out.stderr, out.stderr[-3000:]
     assert processes_with_marker(marker) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine_logs", ["0", "1"])
+def test_the_demo_is_quiet_and_reports_its_speedup(engine_logs, scalegroups_prefect_api):
+    out, marker = run_python(
+        ["examples/primes.py"],
+        env={
+            "SCALEGROUPS_RUNNER": "dask",
+            "SCALEGROUPS_MAX_WORKERS": "2",
+            "DEMO_CHUNK_SIZE": "20000",
+            "SCALEGROUPS_ENGINE_LOGS": engine_logs,
+            "PREFECT_API_URL": scalegroups_prefect_api,
+        },
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"scalegroups demo: {primes_below(160_000)} primes below 160000" in out.stdout
+    assert "serially ~" in out.stdout and "(timed on 2 of 8 chunks) -> " in out.stdout
+    assert "Task run 'primes_in_chunk/count_primes_in' - Finished in state Completed()" in out.stderr
+    engine_info = [line for line in out.stderr.splitlines() if "| INFO    | distributed." in line]
+    if engine_logs == "1":
+        assert any("distributed.scheduler" in line for line in engine_info), out.stderr[-3000:]
+    else:
+        assert engine_info == [], engine_info[:5]  # neither the flow process's nor the workers'
+    assert processes_with_marker(marker) == []

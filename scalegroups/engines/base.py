@@ -15,9 +15,10 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from typing import Any, ClassVar
 
+from scalegroups.artifacts import flush_all
 from scalegroups.caching import prepared
 from scalegroups.checkpoints import checkpointing
 from scalegroups.context import current_checkpoint, current_group, current_rates
@@ -73,6 +74,10 @@ class EngineRunnerMixin:
         """How many tasks the started runner can run at once (for automatic batch sizes)."""
         return max(1, os.cpu_count() or 1)
 
+    def quiet_logs(self) -> AbstractContextManager[None]:
+        """While the runner runs, the engine's INFO chatter off (unless `SCALEGROUPS_ENGINE_LOGS=1`)."""
+        return nullcontext()
+
     def on_started(self, stack: ExitStack) -> None:
         """Engine-specific set-up after the engine started (e.g. worker plugins); undone by `stack`."""
 
@@ -99,6 +104,10 @@ class EngineRunnerMixin:
         """Place `value` once where the engine's workers can read it; return what to pass to tasks."""
         return value
 
+    def dashboard_url(self) -> str | None:
+        """The engine's dashboard for the started runner, if it has one (linked from the Prefect UI)."""
+        return None
+
     # -------------------------------------------------------------------------- lifecycle
     def __enter__(self) -> Any:
         if self._deferred:
@@ -111,6 +120,7 @@ class EngineRunnerMixin:
         stack = ExitStack()
         self._scalegroups_stack = stack
         try:
+            stack.enter_context(self.quiet_logs())  # set as the engine starts, restored after it stops
             if self.uses_worker_processes:
                 from scalegroups.server import ensure_api
 
@@ -118,6 +128,7 @@ class EngineRunnerMixin:
                 stack.enter_context(ship_context_once())
             runner = super().__enter__()  # type: ignore[misc]
             stack.callback(super().__exit__, None, None, None)  # type: ignore[misc]
+            stack.callback(flush_all)  # progress artifacts at 100%, while the engine's futures can still be read
             self.on_started(stack)
         except BaseException:
             stack.close()

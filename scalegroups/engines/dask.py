@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import ctypes
 import logging
+import os
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -19,12 +20,15 @@ from scalegroups.engines.base import EngineRunnerMixin
 from scalegroups.errors import ConfigurationError, TaskInterrupted
 from scalegroups.extras import require
 from scalegroups.network import check_reachable, is_loopback
-from scalegroups.prefect_compat import install_worker_hooks, uninstall_worker_hooks
+from scalegroups.prefect_compat import dask_client_with_keys, install_worker_hooks, uninstall_worker_hooks
 from scalegroups.resources import Resources
+from scalegroups.settings import engine_logs_enabled
 from scalegroups.timers import timers
 
 DASK_SCHEDULER_PORT = 8786
 PLUGIN_NAME = "scalegroups-worker-setup"
+#: what worker processes read for their `distributed` log level
+LOGGING_VARIABLE = "DASK_LOGGING__DISTRIBUTED"
 #: seconds a timed-out task may take to stop after its interrupt before its worker is restarted
 INTERRUPT_GRACE_S = 10.0
 logger = logging.getLogger("scalegroups")
@@ -149,10 +153,37 @@ class DaskRunner(EngineRunnerMixin, DaskTaskRunner):
 
     def on_started(self, stack: ExitStack) -> None:
         """Register the worker set-up on the cluster (existing and future workers); unregister at exit."""
-        client = self.client
+        client = dask_client_with_keys(self.client)  # no tokenize per submitted task
         client.register_plugin(WorkerSetup(), name=PLUGIN_NAME)
         if self._cluster is None:  # someone else's cluster: leave its workers as they were
             stack.callback(_unregister, client)
+
+    @contextmanager
+    def quiet_logs(self) -> Iterator[None]:
+        """Dask's INFO lines off: the `distributed` logger here (scheduler, nannies, client) and, through
+        `DASK_LOGGING__DISTRIBUTED=warning`, in the worker processes started meanwhile."""
+        if engine_logs_enabled():
+            yield
+            return
+        distributed_logger = logging.getLogger("distributed")
+        level, variable = distributed_logger.level, os.environ.get(LOGGING_VARIABLE)
+        distributed_logger.setLevel(logging.WARNING)
+        os.environ[LOGGING_VARIABLE] = "warning"
+        try:
+            yield
+        finally:
+            distributed_logger.setLevel(level)
+            if variable is None:
+                os.environ.pop(LOGGING_VARIABLE, None)
+            else:
+                os.environ[LOGGING_VARIABLE] = variable
+
+    def dashboard_url(self) -> str | None:
+        """The Dask dashboard (`Client.dashboard_link`), if the scheduler serves one."""
+        try:
+            return self.client.dashboard_link or None
+        except Exception:  # no dashboard service on this scheduler
+            return None
 
     def parallelism(self) -> int:
         """Threads across the cluster's current workers."""

@@ -15,15 +15,37 @@ from scalegroups.engines import RaySection
 from scalegroups.engines.base import EngineRunnerMixin
 from scalegroups.errors import ConfigurationError
 from scalegroups.network import check_reachable
-from scalegroups.prefect_compat import install_worker_hooks, run_prefect_task_on_ray
+from scalegroups.prefect_compat import (
+    RayRemoteFunctions,
+    install_worker_hooks,
+    ray_dashboard_url,
+    run_prefect_task_on_ray,
+)
 from scalegroups.resources import Resources
+from scalegroups.settings import engine_logs_enabled
 
 RAY_GCS_PORT = 6379
 RAY_CLIENT_PORT = 10001
 logger = logging.getLogger("scalegroups")
 
 
-class RayRunner(EngineRunnerMixin, RayTaskRunner):
+class CachedRemoteRayTaskRunner(RayTaskRunner):
+    """`RayTaskRunner` that makes its Ray remote function once, not once per submitted task."""
+
+    def submit(self, task: Any, parameters: dict[str, Any], wait_for: Any = None, dependencies: Any = None) -> Any:
+        remote_functions = self.__dict__.get("_remote_functions")
+        if remote_functions is None:
+            remote_functions = self.__dict__["_remote_functions"] = RayRemoteFunctions(self._run_prefect_task)
+        return remote_functions.submit(self, task, parameters, wait_for, dependencies)
+
+    def __getstate__(self) -> dict[str, Any]:
+        parent = getattr(super(), "__getstate__", None)
+        state = dict(parent() if parent is not None else self.__dict__)
+        state.pop("_remote_functions", None)  # remote functions belong to this driver's Ray session
+        return state
+
+
+class RayRunner(EngineRunnerMixin, CachedRemoteRayTaskRunner):
     """`RayTaskRunner` that checks a cluster address before `ray.init` can hang on it."""
 
     @classmethod
@@ -47,6 +69,18 @@ class RayRunner(EngineRunnerMixin, RayTaskRunner):
         """
         install_worker_hooks()
         return run_prefect_task_on_ray(*upstream_refs, **kwargs)
+
+    @contextmanager
+    def quiet_logs(self) -> Iterator[None]:
+        """Ray's INFO lines off in this process (`ray.init(logging_level=WARNING)`), unless the profile
+        sets a level or `SCALEGROUPS_ENGINE_LOGS=1`; tasks' own output still reaches the driver."""
+        if not engine_logs_enabled() and not str(self.address).startswith("ray://"):
+            self.init_kwargs.setdefault("logging_level", logging.WARNING)
+        yield
+
+    def dashboard_url(self) -> str | None:
+        """The Ray dashboard `ray.init` reported for this runner, if Ray serves one."""
+        return ray_dashboard_url(self)
 
     def parallelism(self) -> int:
         """CPUs of the Ray cluster."""
