@@ -5,7 +5,7 @@ task run: 0.3-0.7 s per 50 MB argument on a small machine. With result persisten
 default) no cached result is ever stored, so that hash buys nothing. For such tasks, and only
 when the user chose neither a cache policy nor a cache key function, scalegroups submits the task
 with `NO_CACHE` instead. Tasks with persisted results, or any explicit cache setting, are left as
-they are.
+they are. Tasks of a checkpointed group get the options of `scalegroups.checkpoints` instead.
 """
 
 from __future__ import annotations
@@ -17,9 +17,12 @@ from typing import Any
 from prefect.cache_policies import DEFAULT, NO_CACHE
 from prefect.settings import get_current_settings
 
+from scalegroups.checkpoints import Checkpointing
 from scalegroups.prefect_compat import cache_policy_was_chosen
 
-_replacements: weakref.WeakKeyDictionary[Any, dict[str | None, Any]] = weakref.WeakKeyDictionary()
+_replacements: weakref.WeakKeyDictionary[Any, dict[tuple[str | None, Checkpointing | None], Any]] = (
+    weakref.WeakKeyDictionary()
+)
 _lock = threading.Lock()
 
 
@@ -35,20 +38,21 @@ def hashes_for_nothing(task: Any) -> bool:
     return not persist
 
 
-def prepared(task: Any, group: str | None = None) -> Any:
+def prepared(task: Any, group: str | None = None, checkpoint: Checkpointing | None = None) -> Any:
     """The task as submitted: `NO_CACHE` where hashing is wasted, and, inside a group, run names
     `<group>/<task>` (a run name costs nothing; a tag would cost an API call per task run, since
-    Prefect's engine asks the server for a concurrency slot for every tag). Cached per task object."""
+    Prefect's engine asks the server for a concurrency slot for every tag) and the group's
+    checkpoint options. Cached per task object."""
     try:
-        return _replacements[task][group]
+        return _replacements[task][group, checkpoint]
     except KeyError:
         pass
     with _lock:
-        options: dict[str, Any] = {}
-        if hashes_for_nothing(task):
+        options: dict[str, Any] = checkpoint.options(task) if checkpoint is not None else {}
+        if not options and hashes_for_nothing(task):
             options["cache_policy"] = NO_CACHE
         if group is not None and task.task_run_name is None:
             options["task_run_name"] = f"{group}/{task.name}".replace("{", "{{").replace("}", "}}")
         replacement = task.with_options(**options) if options else task
-        _replacements.setdefault(task, {})[group] = replacement
+        _replacements.setdefault(task, {})[group, checkpoint] = replacement
     return replacement

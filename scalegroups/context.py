@@ -13,3 +13,6 @@ current_group: ContextVar[str | None] = ContextVar("scalegroups_current_group", 
 
 #: rate limits of the running group: the runner takes a slot of each before submitting a task
 current_rates: ContextVar[tuple[str, ...]] = ContextVar("scalegroups_current_rates", default=())
+
+#: the running group's checkpoint choice (True, False, or None: the runner's default)
+current_checkpoint: ContextVar[bool | None] = ContextVar("scalegroups_current_checkpoint", default=None)

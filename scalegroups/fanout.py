@@ -20,6 +20,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 
+from scalegroups.checkpoints import CHECKPOINT_POLICY, FunctionSource, checkpointing
 from scalegroups.errors import OrchestrationError, ScalegroupsError
 from scalegroups.groups import Group, GroupRun, as_completed
 
@@ -139,6 +140,7 @@ def fan_out(
     key: Callable[[Any], Hashable] | None = None,
     name: str | None = None,
     progress: bool | None = None,
+    checkpoint: bool | None = None,
     **kwargs: Any,
 ) -> FanOut:
     """Run `fn(item, **kwargs)` for every item, `batch_size` items per Prefect task run.
@@ -146,6 +148,9 @@ def fan_out(
     `fn` is a plain function (a Prefect task's function is used directly). The default batch size
     gives each worker about four batches. Call inside a flow; works on every runner.
     `progress=False`: no progress artifacts (counted in items) in the Prefect UI.
+    `checkpoint=True` (or `SCALEGROUPS_CHECKPOINT=1`) persists each batch's outcomes, keyed on its
+    items, `kwargs` and `fn`'s source: a run called again reruns only unfinished batches (give
+    `batch_size` so that the batches are the same on every runner size).
     """
     if FlowRunContext.get() is None:
         raise OrchestrationError("fan_out submits tasks: call it from the body of a flow")
@@ -157,6 +162,9 @@ def fan_out(
     keys = [key(item) if key else item for item in item_list]
     size = batch_size or auto_batch_size(len(item_list))
     batch_task = run_batch.with_options(name=f"{label}-batch")
+    checkpointed = checkpointing(checkpoint, getattr(FlowRunContext.get(), "task_runner", None)) is not None
+    if checkpointed:
+        batch_task = batch_task.with_options(persist_result=True, cache_policy=CHECKPOINT_POLICY + FunctionSource())
 
     def submit_batch(bounds: tuple[int, int]) -> Any:
         start, stop = bounds
@@ -164,7 +172,7 @@ def fan_out(
             function, item_list[start:stop], start, kwargs
         )
 
-    batch_group = Group(submit_batch, name=label)
+    batch_group = Group(submit_batch, name=label, checkpoint=checkpointed)
     bounds = [(start, min(start + size, len(item_list))) for start in range(0, len(item_list), size)]
     fanned = FanOut(label, keys, batch_group.map(bounds, progress=False))
     from scalegroups.artifacts import track

@@ -20,7 +20,7 @@ from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture
 
 from scalegroups import limits as limits_module
-from scalegroups.context import current_group, current_rates
+from scalegroups.context import current_checkpoint, current_group, current_rates
 from scalegroups.errors import GroupTimeoutError, OrchestrationError
 from scalegroups.resources import Resources, parse_resources
 from scalegroups.timers import Deadline, timers
@@ -222,8 +222,10 @@ class Group(Generic[P]):
         resources: Mapping[str, Any] | Resources | None = None,
         timeout: float | None = None,
         rate_limits: Mapping[str, float] | None = None,
+        checkpoint: bool | None = None,
     ):
         functools.update_wrapper(self, fn)
+        self.checkpoint = checkpoint
         if timeout is not None and timeout <= 0:
             raise ValueError(f"group timeout must be positive, got {timeout}")
         self.timeout = timeout
@@ -254,10 +256,12 @@ class Group(Generic[P]):
         runner = getattr(FlowRunContext.get(), "task_runner", None)
         token = current_group.set(self.name)
         rates_token = current_rates.set(tuple(self.rate_limits))
+        checkpoint_token = current_checkpoint.set(self.checkpoint)
         try:
             with tags(*self.tags), self._engine_context():
                 returned = self.fn(*args, **kwargs)
         finally:
+            current_checkpoint.reset(checkpoint_token)
             current_rates.reset(rates_token)
             current_group.reset(token)
         return GroupRun(
@@ -311,6 +315,7 @@ def group(
     resources: Mapping[str, Any] | None = None,
     timeout: float | None = None,
     rate_limits: Mapping[str, float] | None = None,
+    checkpoint: bool | None = None,
 ) -> Any:
     """Decorator: turn a function that submits tasks and returns their futures into a `Group`.
 
@@ -320,11 +325,21 @@ def group(
     not done after 30 s is failed with `GroupTimeoutError` and its unfinished tasks are cancelled
     (Ray ends their worker processes; Dask cancels pending ones and restarts workers running one).
     `rate_limits={"api": 5}`: at most 5 of the group's tasks start per second, across all flows.
+    `checkpoint=True`: each task's result is persisted, keyed on task source and inputs, so calling
+    the flow again after a crash reruns only what had not finished (`scalegroups.checkpoints`);
+    None follows `SCALEGROUPS_CHECKPOINT`, False never checkpoints.
     """
 
     def make(f: Callable[P, Any]) -> Group[P]:
         return Group(
-            f, name=name, tags=tags, limits=limits, resources=resources, timeout=timeout, rate_limits=rate_limits
+            f,
+            name=name,
+            tags=tags,
+            limits=limits,
+            resources=resources,
+            timeout=timeout,
+            rate_limits=rate_limits,
+            checkpoint=checkpoint,
         )
 
     return make if fn is None else make(fn)

@@ -540,3 +540,14 @@ class RayRemoteFunctions:
             context=context,
         )
         return PrefectRayFuture(task_run_id=task_run_id, wrapped_future=object_ref)
+
+
+# ------------------------------------------------------------------------------------------------
+# 5. Behaviour checkpoints rely on (scalegroups.checkpoints; no code here, checked by tests)
+#
+# - A result file left half-written by a killed worker is treated as absent: `ResultStore.exists`
+#   returns False when the record at a key does not deserialize, so the task runs again and
+#   overwrites it (Prefect writes result files in place, not atomically).
+# - `TASK_SOURCE` gives the same key for a task before and after a cloudpickle round trip (the
+#   key computed in a worker process matches the one of the run before the crash).
+# ------------------------------------------------------------------------------------------------

@@ -8,17 +8,37 @@ they are read from the repository's `clusters/` folder. A user's own profile is 
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, create_model, field_validator
 
 from scalegroups.engines import ENGINES, Section
 from scalegroups.errors import ProfileError
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
+_BLOCK_SLUG = re.compile(r"^[a-z0-9][a-z0-9-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def parse_storage(value: str) -> Path | str:
+    """A result storage setting as Prefect takes it: an absolute folder (`Path`) or a block slug.
+
+    Raises `ValueError` for anything else (a relative path would mean a different folder in every
+    worker's working directory).
+    """
+    text = value.strip()
+    expanded = Path(text).expanduser()
+    if expanded.is_absolute():
+        return expanded
+    if _BLOCK_SLUG.match(text):
+        return text
+    raise ValueError(
+        f"result_storage {value!r} is neither an absolute path (a folder all workers share, e.g. "
+        "/mnt/shared/results) nor a Prefect storage block slug (<block-type>/<block-name>, e.g. s3-bucket/results)"
+    )
 
 
 class _ProfileBase(BaseModel):
@@ -27,7 +47,16 @@ class _ProfileBase(BaseModel):
     name: str
     description: str = ""
     limits: dict[str, PositiveInt] = Field(default_factory=dict)
+    #: where checkpointed results go: an absolute folder every worker shares, or a storage block slug
+    result_storage: str | None = None
     source: str = Field(default="<built-in>", exclude=True)
+
+    @field_validator("result_storage")
+    @classmethod
+    def _storage(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_storage(value)  # its ValueError becomes the field's validation error
+        return value
 
     def section(self, engine: str) -> Section:
         """This profile's settings for one engine."""

@@ -3,7 +3,8 @@
 Precedence, highest first:
 
 1. explicit arguments (`make_task_runner("dask", address=..., max_workers=4, cluster_kwargs=...)`)
-2. `SCALEGROUPS_*` environment variables (`SCALEGROUPS_RUNNER`, `_PROFILE`, `_ADDRESS`, `_MAX_WORKERS`)
+2. `SCALEGROUPS_*` environment variables (`SCALEGROUPS_RUNNER`, `_PROFILE`, `_ADDRESS`, `_MAX_WORKERS`,
+   `_CHECKPOINT`, `_RESULT_STORAGE`)
 3. the engine's own address variable (`DASK_SCHEDULER_ADDRESS`, `RAY_ADDRESS`)
 4. the profile's section for the engine (`clusters/<profile>.yaml`)
 5. built-in defaults (runner `thread`, profile `local`)
@@ -20,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from scalegroups.engines import ENGINES, RUNNER_NAMES, Engine
 from scalegroups.errors import ConfigurationError
-from scalegroups.profiles import load_profile
+from scalegroups.profiles import load_profile, parse_storage
 from scalegroups.settings import read_env
 
 DEFAULT_RUNNER = "thread"
@@ -35,6 +36,8 @@ class RunnerSpec:
     profile: Any
     section: BaseModel
     sources: dict[str, str] = field(default_factory=dict)
+    checkpoint: bool = False  # checkpoint every group (groups may still say otherwise)
+    result_storage: str | None = None  # None: Prefect's default result storage
 
     @property
     def engine(self) -> Engine:
@@ -55,6 +58,8 @@ class RunnerSpec:
             "profile_file": self.profile.source,
             "address": self.address,
             "settings": self.section.model_dump(),
+            "checkpoint": self.checkpoint,
+            "result_storage": self.result_storage,
             "sources": dict(self.sources),
         }
 
@@ -139,13 +144,31 @@ def resolve_runner(runner: str | None = None, *, profile: str | None = None, **o
     if max_workers is not None:
         section = engine.max_workers(section, int(max_workers))
         sources["max_workers"] = workers_source
-    return RunnerSpec(runner=name, profile=loaded, section=section, sources=sources)
+    storage, storage_source = _pick(None, env.result_storage, "SCALEGROUPS_RESULT_STORAGE", loaded.result_storage)
+    if storage is not None:
+        sources["result_storage"] = storage_source if storage_source != "default" else f"profile {loaded.name!r}"
+        try:
+            parse_storage(storage)
+        except ValueError as exc:
+            raise ConfigurationError(f"{exc} (from {sources['result_storage']})") from None
+    if env.checkpoint:
+        sources["checkpoint"] = "$SCALEGROUPS_CHECKPOINT"
+    return RunnerSpec(
+        runner=name,
+        profile=loaded,
+        section=section,
+        sources=sources,
+        checkpoint=env.checkpoint,
+        result_storage=storage,
+    )
 
 
 def build_task_runner(spec: RunnerSpec) -> TaskRunner:
     """Construct the Prefect task runner a `RunnerSpec` describes (engines imported lazily)."""
     runner = spec.engine.runner_class().from_section(spec.section)
     runner.address_source = spec.sources.get("address", "arguments")
+    runner.checkpoint = spec.checkpoint
+    runner.result_storage = spec.result_storage
     return runner
 
 

@@ -16,7 +16,7 @@ from scalegroups.errors import ConfigurationError
 
 
 class EnvSettings(BaseSettings):
-    """The `SCALEGROUPS_*` variables that choose a runner."""
+    """The `SCALEGROUPS_*` variables that choose a runner and how it runs groups."""
 
     model_config = SettingsConfigDict(env_prefix="SCALEGROUPS_", extra="ignore")
 
@@ -24,6 +24,8 @@ class EnvSettings(BaseSettings):
     profile: str | None = None
     address: str | None = None
     max_workers: PositiveInt | None = None
+    checkpoint: bool = False  # checkpoint every group of a run (scalegroups.checkpoints)
+    result_storage: str | None = None  # where checkpoints go; overrides the profile's result_storage
 
 
 def read_env() -> EnvSettings:

@@ -297,3 +297,36 @@ def test_prefect_ray_keeps_what_ray_init_returned_with_its_dashboard_url():
     assert compat.ray_dashboard_url(Started("https://ray.example/")) == "https://ray.example/"
     assert compat.ray_dashboard_url(Started("")) is None
     assert compat.ray_dashboard_url(object()) is None
+
+
+# ------------------------------------------------------------- 5. behaviour checkpoints rely on
+
+
+def test_a_half_written_result_file_counts_as_absent(tmp_path):
+    from prefect.filesystems import LocalFileSystem
+    from prefect.results import ResultStore
+
+    store = ResultStore(result_storage=LocalFileSystem(basepath=str(tmp_path)))
+    store.write(key="whole", obj={"value": 1})
+    assert store.exists("whole")
+    whole = (tmp_path / "whole").read_bytes()
+    (tmp_path / "half").write_bytes(whole[: len(whole) // 2])  # what a SIGKILL mid-write leaves
+    assert not store.exists("half")
+
+
+def test_task_source_key_survives_a_pickle_round_trip():
+    from prefect.cache_policies import INPUTS, TASK_SOURCE
+    from prefect.context import TaskRunContext
+
+    @task
+    def keyed(x: int) -> int:
+        return x
+
+    policy = INPUTS + TASK_SOURCE
+
+    def key(t):
+        context = TaskRunContext.model_construct(task=t)
+        return policy.compute_key(task_ctx=context, inputs={"x": 1}, flow_parameters={})
+
+    assert key(keyed) == key(cloudpickle.loads(cloudpickle.dumps(keyed)))
+    assert key(keyed) == key(keyed.with_options(name="renamed"))  # a group renames its tasks' runs only

@@ -6,7 +6,8 @@
 - In worker processes, a copy of the runner travels with every task (Prefect needs it for tasks
   that submit tasks). Such a copy starts its engine only when a task really submits one: entering
   it for every task run would build a process pool, a client or a cluster connection per task.
-- Submitting: the group's run name and cache default (`caching.prepared`) and its rate limits.
+- Submitting: the group's run name and cache default (`caching.prepared`), its checkpoints
+  (`checkpoints`) and its rate limits.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from typing import Any, ClassVar
 
 from scalegroups.artifacts import flush_all
 from scalegroups.caching import prepared
-from scalegroups.context import current_group, current_rates
+from scalegroups.checkpoints import checkpointing
+from scalegroups.context import current_checkpoint, current_group, current_rates
 from scalegroups.limits import acquire_rates
 from scalegroups.prefect_compat import ship_context_once
 from scalegroups.resources import Resources
@@ -37,6 +39,10 @@ class EngineRunnerMixin:
     #: True for a copy that travelled to a worker with a task: it starts on first submit
     _deferred: bool = False
     _deferred_started: bool = False
+    #: checkpoint the tasks of every group whose own `checkpoint` is None (set by the factory)
+    checkpoint: bool = False
+    #: where checkpointed results go (None: Prefect's default result storage)
+    result_storage: str | None = None
 
     @classmethod
     def from_section(cls, section: Any) -> Any:
@@ -49,6 +55,8 @@ class EngineRunnerMixin:
         runner = super().duplicate()  # type: ignore[misc]
         runner.address_source = self.address_source
         runner._deferred = self._deferred
+        runner.checkpoint = self.checkpoint
+        runner.result_storage = self.result_storage
         return runner
 
     def __getstate__(self) -> dict[str, Any]:
@@ -149,4 +157,6 @@ class EngineRunnerMixin:
             self._start_deferred()
         if rates := current_rates.get():
             acquire_rates(rates)  # the flow waits for the rate, not an engine worker
-        return super().submit(prepared(task, current_group.get()), *args, **kwargs)  # type: ignore[misc]
+        group = current_group.get()
+        checkpoint = checkpointing(current_checkpoint.get(), self) if group is not None else None
+        return super().submit(prepared(task, group, checkpoint), *args, **kwargs)  # type: ignore[misc]

@@ -11,6 +11,7 @@ from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
 from scalegroups.engines.base import EngineRunnerMixin
 from scalegroups.prefect_compat import install_worker_hooks, pool_processes, runner_pool_size
+from scalegroups.watchdog import exit_with_parent
 
 #: pool size the test plugin gives process runners (two workers, like its Dask cluster and Ray)
 TEST_WORKERS = 2
@@ -28,7 +29,9 @@ class ThreadRunner(EngineRunnerMixin, ThreadPoolTaskRunner):
 
 
 def setup_worker_process(initializer: Callable[..., None] | None = None, *initargs: Any) -> None:
-    """Process-pool initializer: one Prefect settings object and API client per worker process."""
+    """Process-pool initializer: one Prefect settings object and API client per worker process, and
+    an exit when the pool's process dies (a SIGKILLed flow would otherwise leave its workers)."""
+    exit_with_parent()
     install_worker_hooks()
     if initializer is not None:
         initializer(*initargs)
