@@ -102,3 +102,25 @@ def test_unknown_deployment_is_reported_per_item(scalegroups_prefect_api):
     outcomes = list(runs.as_completed())
     assert {run.key for run in outcomes} == {1, 2}
     assert all(run.status == "failed" and run.error is not None for run in outcomes)
+
+
+@scalegroups.flow
+def runner_class_name() -> str:
+    from prefect.context import FlowRunContext
+
+    return type(FlowRunContext.get().task_runner).__name__
+
+
+def test_a_flow_run_the_engine_starts_gets_the_runner_its_environment_chooses(scalegroups_prefect_api, monkeypatch):
+    """Prefect's engine runs a deployment's flow run without calling the flow: it reads
+    `flow.task_runner`, which `scalegroups.flow` builds from `SCALEGROUPS_*` as they are then."""
+    from prefect.flow_engine import run_flow
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    monkeypatch.setenv("SCALEGROUPS_RUNNER", "process")
+    assert run_flow(runner_class_name) == "ProcessRunner"
+    monkeypatch.setenv("SCALEGROUPS_RUNNER", "thread")
+    assert run_flow(runner_class_name.with_options(name="renamed")) == "ThreadRunner"
+    fixed = runner_class_name.with_options(task_runner=ThreadPoolTaskRunner(max_workers=1))
+    assert run_flow(fixed) == "ThreadPoolTaskRunner"
+    assert type(fixed.with_options(name="still-fixed").task_runner) is ThreadPoolTaskRunner
