@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 
 import pytest
-from helpers import REPO, gone_within, marked_env
+from helpers import REPO, closed_port, eventually, gone_within, kill_marked, marked_env
 
 import scalegroups
 
@@ -102,3 +104,147 @@ def test_unknown_deployment_is_reported_per_item(scalegroups_prefect_api):
     outcomes = list(runs.as_completed())
     assert {run.key for run in outcomes} == {1, 2}
     assert all(run.status == "failed" and run.error is not None for run in outcomes)
+
+
+@scalegroups.flow
+def runner_class_name() -> str:
+    from prefect.context import FlowRunContext
+
+    return type(FlowRunContext.get().task_runner).__name__
+
+
+def test_a_flow_run_the_engine_starts_gets_the_runner_its_environment_chooses(scalegroups_prefect_api, monkeypatch):
+    """Prefect's engine runs a deployment's flow run without calling the flow: it reads
+    `flow.task_runner`, which `scalegroups.flow` builds from `SCALEGROUPS_*` as they are then."""
+    from prefect.flow_engine import run_flow
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    monkeypatch.setenv("SCALEGROUPS_RUNNER", "process")
+    assert run_flow(runner_class_name) == "ProcessRunner"
+    monkeypatch.setenv("SCALEGROUPS_RUNNER", "thread")
+    assert run_flow(runner_class_name.with_options(name="renamed")) == "ThreadRunner"
+    fixed = runner_class_name.with_options(task_runner=ThreadPoolTaskRunner(max_workers=1))
+    assert run_flow(fixed) == "ThreadPoolTaskRunner"
+    assert type(fixed.with_options(name="still-fixed").task_runner) is ThreadPoolTaskRunner
+
+
+@pytest.fixture
+def api_server(tmp_path):
+    """`python -m scalegroups.server` on a free port, with a Prefect home of its own: an API that a
+    worker and the flow runs it starts (separate processes) reach by URL; stopped at the end."""
+    env, marker = marked_env(PREFECT_HOME=str(tmp_path / "server-home"))
+    port = closed_port()
+    url = f"http://127.0.0.1:{port}/api"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "scalegroups.server", "--port", str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        eventually(lambda: server.poll() is not None or _answers(url), "the API server answering", timeout=90)
+        assert server.poll() is None, f"the API server exited: {server.stderr.read()[-2000:]}"
+        yield url, marker
+    finally:
+        _stop(server)
+        left = gone_within(marker, 20)
+        kill_marked(marker)
+        assert left == [], f"the API server left processes: {left}"
+
+
+def _answers(url: str) -> bool:
+    from scalegroups.server import _answers as answers
+
+    return answers(url, timeout=1.0)
+
+
+def _stop(process: subprocess.Popen, grace: float = 30) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
+@contextmanager
+def using_api(url: str):
+    """This process's Prefect clients (also on deploy_map's thread) talk to `url` meanwhile."""
+    from prefect.context import refresh_global_settings_context
+
+    before = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = url
+    refresh_global_settings_context()
+    try:
+        yield url
+    finally:
+        if before is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = before
+        refresh_global_settings_context()
+
+
+@pytest.mark.slow
+def test_job_variables_choose_each_runs_engine_on_a_process_work_pool(api_server, tmp_path):
+    """A process work pool and `prefect worker start`: the env job variable that deploy_map passes
+    reaches each flow run's process, and `scalegroups.flow` builds that run's engine from it."""
+    from prefect import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.workers.process import ProcessWorker
+
+    import examples.deployments as example
+
+    url, _ = api_server
+    pool = "local-processes"
+    env, marker = marked_env(PREFECT_API_URL=url, PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_PREFETCH_SECONDS="1")
+    worker_log = tmp_path / "worker.log"  # a file: the runs' logs could fill a pipe nobody reads
+    with using_api(url):
+        with get_client(sync_client=True) as client:
+            client.create_work_pool(
+                WorkPoolCreate(
+                    name=pool, type="process", base_job_template=ProcessWorker.get_default_base_job_template()
+                )
+            )
+        with open(worker_log, "wb") as log:  # started first: it starts up while the flow is deployed
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process"],
+                cwd=REPO,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            example.deploy_engine_of_item(pool)
+            # one CPU each: two private local Rays start at once on a 2-core machine
+            ray_env = {"SCALEGROUPS_RUNNER": "ray", "SCALEGROUPS_MAX_WORKERS": "1"}
+            on_ray = scalegroups.deploy_map(
+                example.ENGINE_DEPLOYMENT, [1, 2], job_variables={"env": ray_env}, timeout=150
+            )
+            on_threads = scalegroups.deploy_map(
+                example.ENGINE_DEPLOYMENT,
+                [3, 4],
+                job_variables={"env": {"SCALEGROUPS_RUNNER": "thread"}},
+                timeout=150,
+            )
+            seen = {}
+            for runs in (on_threads, on_ray):
+                for run in runs.as_completed():
+                    problem = f"item {run.key}: {run.status} {run.error or run.state}\n{worker_log.read_text()[-3000:]}"
+                    assert run.status == "completed", problem
+                    seen[run.key] = run.result()
+        finally:
+            _stop(worker)
+            left = [str(p) for p in gone_within(marker, 60)]  # a guard: Ray shuts down slowly on a busy machine
+            kill_marked(marker)
+    assert left == [], f"the worker or its flow runs (or their Ray) outlived the worker: {left}"
+    by_item = {item: (r["SCALEGROUPS_RUNNER"], r["task_runner"], r["cube"]) for item, r in seen.items()}
+    assert by_item == {
+        1: ("ray", "RayRunner", 1),
+        2: ("ray", "RayRunner", 8),
+        3: ("thread", "ThreadRunner", 27),
+        4: ("thread", "ThreadRunner", 64),
+    }, worker_log.read_text()[-3000:]
+    assert len({r["pid"] for r in seen.values()}) == 4, "flow runs shared a process"
