@@ -112,7 +112,14 @@ def run_cut_and_check(hosts: Hosts, tmp_path: Path, flow_env: dict[str, str], ki
         "flow", [sys.executable, str(REPO / "tests" / "multihost_flow.py"), "40", "0.4"], flow_env, str(flow_log)
     )
     workers = {hosts.addresses["w1"], hosts.addresses["w2"]}
-    eventually(lambda: set(finished_items(flow_log).values()) >= workers, "an item finished on each worker host", 300)
+
+    def each_host_finished_one() -> bool:
+        if flow.poll() is not None:  # the flow ended early: its log says why, no need to wait
+            early = flow_log.read_text(errors="replace")[-3000:]
+            pytest.fail(f"the flow exited ({flow.returncode}) before both hosts worked:\n{early}")
+        return set(finished_items(flow_log).values()) >= workers
+
+    eventually(each_host_finished_one, "an item finished on each worker host", 300)
     cut_at = time.time()  # the hosts share this machine's clock
     if kill:
         assert hosts.kill_all("w2") > 0

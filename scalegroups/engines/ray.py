@@ -60,6 +60,19 @@ class RayRunner(EngineRunnerMixin, CachedRemoteRayTaskRunner):
         port = RAY_CLIENT_PORT if self.address.startswith("ray://") else RAY_GCS_PORT
         check_reachable(self.address, "Ray cluster", port, self.address_source)
 
+    def _start(self) -> Any:
+        try:
+            return super()._start()
+        except ConnectionAbortedError as exc:
+            # Ray Client's proxy starts one server per client job; on a loaded head that start
+            # was seen to fail at once ("Initialization failure from server") and work when asked
+            # again. Once more, then the error stands.
+            if not str(self.address).startswith("ray://"):
+                raise
+            logger.warning("Ray Client at %s could not start this job's server (%s); once more", self.address, exc)
+            self._started = False
+            return super()._start()
+
     @staticmethod
     def _run_prefect_task(*upstream_refs: Any, **kwargs: Any) -> Any:
         """What runs in a Ray worker: the worker process is set up (once) before the task runs.
