@@ -26,11 +26,12 @@ demo: install
 	SCALEGROUPS_RUNNER=dask $(BIN)/python examples/primes.py
 
 # Tests get their own Prefect home (a database of their own) and never a user's remote API. Two
-# pytest-xdist workers, one test file each at a time (most tests wait on engines and subprocesses).
+# pytest-xdist workers sharing the tests out one by one (most tests wait on engines and subprocesses;
+# tests marked with one xdist_group run on one worker).
 TEST_WORKERS ?= 2
 test: install
 	env -u PREFECT_API_URL -u PREFECT_API_KEY PREFECT_HOME=$(CURDIR)/.prefect-test \
-		$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+		$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # The oldest Prefect pyproject.toml allows, in a virtualenv of its own: the compatibility hooks'
 # tests and the group tests on thread and Dask (`make test` runs the newest allowed).

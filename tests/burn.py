@@ -27,7 +27,7 @@ def run_suite(extra: list[str], log: Path) -> tuple[int, str, float]:
     env["PREFECT_HOME"] = str(ROOT / ".prefect-test")
     started = time.monotonic()
     with log.open("w") as out:
-        command = [sys.executable, "-m", "pytest", "-n", "2", "--dist", "loadfile", "-p", "no:cacheprovider", *extra]
+        command = [sys.executable, "-m", "pytest", "-n", "2", "--dist", "loadgroup", "-p", "no:cacheprovider", *extra]
         code = subprocess.call(command, cwd=ROOT, env=env, stdout=out, stderr=out)
     text = log.read_text()
     summaries = re.findall(r"^=+ (.*(?:passed|failed|error).*) =+$", text, re.M)

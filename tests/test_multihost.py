@@ -19,7 +19,12 @@ from helpers import REPO, eventually
 from netns import Hosts, unavailable_reason
 
 REASON = unavailable_reason()
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(REASON is not None, reason=f"no test hosts: {REASON}")]
+# xdist_group: one pytest-xdist worker runs both (they share the namespace names and 10.77.0.0/24)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.xdist_group("network-namespaces"),
+    pytest.mark.skipif(REASON is not None, reason=f"no test hosts: {REASON}"),
+]
 
 BIN = Path(sys.executable).parent
 API = "http://10.77.0.10:4200/api"
