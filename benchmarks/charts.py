@@ -81,7 +81,7 @@ def speedup_chart(results: dict, serial: float, out: Path) -> Path:
 def startup_chart(startup: dict[str, float], out: Path) -> Path:
     """Horizontal bars: whole-process seconds of the seed pattern, Prefect vs scalegroups."""
     plt = _pyplot()
-    names = [n for n in startup if not n.startswith("import")]
+    names = [n for n in startup if not n.startswith("import") and isinstance(startup[n], float)]
     fig, ax = plt.subplots(figsize=(8, 3.6))
     colors = ["#c44e52" if n.startswith("prefect") else "#4c72b0" for n in names]
     bars = ax.barh(names, [startup[n] for n in names], color=colors)

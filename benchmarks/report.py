@@ -186,7 +186,7 @@ def startup_table(startup: dict[str, float]) -> list[str]:
         "| what | seconds |",
         "|---|---|",
     ]
-    lines += [f"| {name} | {fmt(value)} |" for name, value in startup.items()]
+    lines += [f"| {name} | {value if isinstance(value, str) else fmt(value)} |" for name, value in startup.items()]
     return lines
 
 
@@ -273,7 +273,10 @@ def targets(results: dict, engines: list[str], cfg: dict, serial: float, startup
                 f"{e}: first round of CPU groups {fmt(speed)}× ≥ {FIRST_ROUND_SPEEDUP}× (fresh home, as a user)",
             )
         )
-    cold, warm = startup.get("scalegroups cold"), startup.get("scalegroups warm server")
+    cold, warm = (
+        value if isinstance(value := startup.get(name), float) else None
+        for name in ("scalegroups cold", "scalegroups warm server")
+    )
     lines.append(
         check(None if cold is None else cold <= COLD_START_S, f"cold start {fmt(cold)} s ≤ {COLD_START_S:g} s")
     )

@@ -134,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     serial = statistics.median(_serial_cpu(cfg, burn_fn) for _ in range(cfg["repeats"]))
     results: dict[str, dict[str, object]] = {}
+    partial = Path(args.output).with_suffix(".partial.json")
+    partial.parent.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sgbench-")))
         (workdir / "stock").mkdir()
@@ -152,20 +154,24 @@ def main(argv: list[str] | None = None) -> int:
                 t0 = time.perf_counter()
                 results[engine][config] = run_one(engine, config, cfg, env)
                 print(f"{engine:8} {config:17} {time.perf_counter() - t0:6.1f} s", flush=True)
+                partial.write_text(json.dumps({"cfg": cfg, "results": results}))  # a later crash loses nothing
         startup = {} if args.no_startup else measure_startup(workdir, repeats=cfg["repeats"], env=clean_env())
-    remote = {}
+    remote: dict = {}
     if not args.no_remote:
         from benchmarks.remote import measure_remote
 
         engines = [e for e in ("thread", "dask") if e in args.engines.split(",")]
-        remote = measure_remote(engines, cfg, clean_env())
+        try:
+            remote = measure_remote(engines, cfg, clean_env())
+        except Exception as exc:  # reported in the section, the rest of the run stands
+            remote = {"skipped": f"the measurement failed: {exc!r}"[:300]}
     elapsed = time.perf_counter() - started
     report = render(results, startup, cfg, serial, machine(), elapsed, quick=args.quick, remote=remote)
     analysis = ROOT / "benchmarks" / "analysis.md"  # hand-written, from profiles: where the time went
     if analysis.exists() and not args.quick:
         report += "\n" + analysis.read_text()
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(report)
+    partial.unlink(missing_ok=True)
     if not args.no_charts:
         from benchmarks.charts import draw_all
 
