@@ -243,13 +243,7 @@ def prefect_body(cfg: dict, called_at: float) -> dict:
 def scalegroups_body(cfg: dict, called_at: float) -> dict:
     import scalegroups
 
-    w.one_noop(0).result()
-    out: dict[str, list] = {"first_result": [time.time() - called_at], "trivial": [], "trivial_cpu": []}
-    meter = CpuMeter()
-    for _ in range(cfg["repeats"]):
-        wall, cpu = meter.per_task(lambda: scalegroups_trivial(cfg["trivial"]), cfg["trivial"])
-        out["trivial"].append(wall)
-        out["trivial_cpu"].append(cpu)
+    out = trivial_body(cfg, called_at)
     out["cpu"] = repeat(cfg["repeats"], lambda: [r.result() for r in w.one_burn.map(range(8), loops=cfg["loops"])])
     out["fine"] = repeat(cfg["repeats"], lambda: scalegroups.fan_out(w.item_fn, range(cfg["items"])).results())
     data = b"x" * (cfg["megabytes"] * 2**20)
