@@ -281,6 +281,35 @@ def test_dask_submissions_are_keyed_without_tokenizing(scalegroups_task_runner):
     assert len(set(keys)) == 4
 
 
+@task
+def hooks_installed_here() -> bool:
+    return compat.worker_hooks_installed()
+
+
+@pytest.mark.scalegroups_runners("dask")
+def test_dask_workers_run_task_runs_with_the_worker_hooks(scalegroups_task_runner):
+    @flow(task_runner=scalegroups_task_runner)
+    def asks_workers() -> list[bool]:
+        return [f.result() for f in [hooks_installed_here.submit() for _ in range(4)]]
+
+    assert asks_workers() == [True] * 4
+
+
+def test_the_dask_worker_plugin_unpickles_without_importing_prefect():
+    """A worker unpickles the plugin on its event loop: importing Prefect there (seconds on a busy
+    machine) would stop its heartbeats, so Prefect is imported by `setup`, in a thread."""
+    from scalegroups.engines.dask_worker import WorkerSetup
+
+    script = (
+        "import pickle, sys, distributed\n"
+        f"plugin = pickle.loads({cloudpickle.dumps(WorkerSetup())!r})\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('prefect', 'prefect_dask')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout
+
+
 def test_prefect_ray_keeps_what_ray_init_returned_with_its_dashboard_url():
     prefect_ray = pytest.importorskip("prefect_ray")
     import ray

@@ -12,38 +12,25 @@ from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import dask
-from distributed import WorkerPlugin
 from prefect_dask import DaskTaskRunner
 
 from scalegroups.engines import DaskSection
 from scalegroups.engines.base import EngineRunnerMixin
+from scalegroups.engines.dask_worker import PLUGIN_NAME, WorkerSetup
 from scalegroups.errors import ConfigurationError, TaskInterrupted
 from scalegroups.extras import require
 from scalegroups.network import check_reachable, is_loopback
-from scalegroups.prefect_compat import dask_client_with_keys, install_worker_hooks, uninstall_worker_hooks
+from scalegroups.prefect_compat import dask_client_with_keys
 from scalegroups.resources import Resources
 from scalegroups.settings import engine_logs_enabled
 from scalegroups.timers import timers
 
 DASK_SCHEDULER_PORT = 8786
-PLUGIN_NAME = "scalegroups-worker-setup"
 #: what worker processes read for their `distributed` log level
 LOGGING_VARIABLE = "DASK_LOGGING__DISTRIBUTED"
 #: seconds a timed-out task may take to stop after its interrupt before its worker is restarted
 INTERRUPT_GRACE_S = 10.0
 logger = logging.getLogger("scalegroups")
-
-
-class WorkerSetup(WorkerPlugin):
-    """Sets each Dask worker process up for Prefect task runs (one API client, cached settings)."""
-
-    name = PLUGIN_NAME
-
-    def setup(self, worker: Any) -> None:
-        install_worker_hooks()
-
-    def teardown(self, worker: Any) -> None:
-        uninstall_worker_hooks()
 
 
 def cluster_class(qualified_name: str) -> Any:
@@ -154,7 +141,7 @@ class DaskRunner(EngineRunnerMixin, DaskTaskRunner):
     def on_started(self, stack: ExitStack) -> None:
         """Register the worker set-up on the cluster (existing and future workers); unregister at exit."""
         client = dask_client_with_keys(self.client)  # no tokenize per submitted task
-        client.register_plugin(WorkerSetup(), name=PLUGIN_NAME)
+        _register_worker_setup(client)
         if self._cluster is None:  # someone else's cluster: leave its workers as they were
             stack.callback(_unregister, client)
 
@@ -263,6 +250,21 @@ def raise_in_thread(thread_id: int, exception: type[BaseException]) -> bool:
     """
     affected = ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exception))
     return affected == 1
+
+
+def _register_worker_setup(client: Any, attempts: int = 3) -> None:
+    """Register `WorkerSetup` on every worker; a connection the scheduler dropped meanwhile (a busy
+    scheduler, a worker that left) is retried on a fresh one."""
+    from distributed.comm.core import CommClosedError
+
+    for attempt in range(1, attempts + 1):
+        try:
+            client.register_plugin(WorkerSetup(), name=PLUGIN_NAME)
+            return
+        except (CommClosedError, OSError) as exc:
+            if attempt == attempts:
+                raise
+            logger.warning("registering the worker set-up failed (%s); retrying", exc)
 
 
 def _unregister(client: Any) -> None:
