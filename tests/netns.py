@@ -8,12 +8,13 @@ the host keeps running but can no longer reach or be reached by the others.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 SUBNET = "10.77.0"
 PREFIX = "sgt"
@@ -24,17 +25,39 @@ def _ip(*args: str, ns: str | None = None, check: bool = True) -> subprocess.Com
     return subprocess.run(command, capture_output=True, text=True, check=check, timeout=30)
 
 
+@contextlib.contextmanager
+def _one_change_at_a_time() -> Iterator[None]:
+    """Serialise namespace changes across processes (pytest-xdist workers, a benchmark): concurrent
+    `ip netns add`/`del` race on /run/netns."""
+    with open("/tmp/scalegroups-netns.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _add_namespace(name: str, attempts: int = 5) -> None:
+    """`ip netns add NAME`; a leftover of that name (a delete that had not finished) is deleted first."""
+    for attempt in range(attempts):
+        result = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+        if result.returncode == 0:
+            return
+        if "File exists" not in result.stderr or attempt == attempts - 1:
+            raise RuntimeError(f"ip netns add {name}: {result.stderr.strip()}")
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        time.sleep(0.2 * (attempt + 1))
+
+
 def unavailable_reason() -> str | None:
     """Why namespaces cannot be made here, or None if they can."""
     if shutil.which("ip") is None:
         return "iproute2 (`ip`) is not installed"
     if os.geteuid() != 0:
         return "creating network namespaces needs root"
-    probe = f"{PREFIX}-probe"
-    result = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
-    if result.returncode != 0:
-        return f"`ip netns add` failed: {result.stderr.strip()}"
-    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    probe = f"{PREFIX}-probe-{os.getpid()}"
+    with _one_change_at_a_time():
+        result = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+        if result.returncode != 0:
+            return f"`ip netns add` failed: {result.stderr.strip()}"
+        subprocess.run(["ip", "netns", "del", probe], capture_output=True)
     return None
 
 
@@ -52,12 +75,17 @@ class Hosts:
 
     def up(self) -> Hosts:
         self.down()  # leftovers of an interrupted run
-        subprocess.run(["ip", "netns", "add", self.switch], check=True)
+        with _one_change_at_a_time():
+            self._build()
+        return self
+
+    def _build(self) -> None:
+        _add_namespace(self.switch)
         _ip("link", "add", "br0", "type", "bridge", ns=self.switch)
         _ip("link", "set", "br0", "up", ns=self.switch)
         for host, address in self.addresses.items():
             ns, inner, outer = self.ns(host), f"{self.prefix}{host}e", f"{self.prefix}{host}b"
-            subprocess.run(["ip", "netns", "add", ns], check=True)
+            _add_namespace(ns)
             _ip("link", "add", inner, "type", "veth", "peer", "name", outer)
             _ip("link", "set", inner, "netns", ns)
             _ip("link", "set", outer, "netns", self.switch)
@@ -65,7 +93,6 @@ class Hosts:
             _ip("addr", "add", f"{address}/24", "dev", inner, ns=ns)
             _ip("link", "set", inner, "up", ns=ns)
             _ip("link", "set", "lo", "up", ns=ns)
-        return self
 
     def spawn(self, host: str, command: list[str], env: Mapping[str, str], log: str) -> subprocess.Popen[str]:
         """Start `command` inside the host's namespace, in its own process group."""
@@ -115,15 +142,17 @@ class Hosts:
             proc.wait(timeout=10)
 
     def down(self) -> None:
-        """Stop every process started here, then delete every namespace of this module."""
+        """Stop every process started here, then delete this topology's namespaces (and leftovers
+        of the same names from an interrupted run)."""
         for proc in self.processes:
             self.stop(proc)
         self.processes.clear()
-        listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
-        for ns in [name for name in listed if name.startswith(f"{self.prefix}-")]:
-            pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(pid), signal.SIGKILL)
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        time.sleep(0.2)
+        with _one_change_at_a_time():
+            listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+            ours = {self.switch, *(self.ns(host) for host in self.addresses)}
+            for ns in [name for name in listed if name in ours]:
+                pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
+                for pid in pids:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(int(pid), signal.SIGKILL)
+                subprocess.run(["ip", "netns", "del", ns], capture_output=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 import uuid
@@ -52,9 +53,22 @@ def clean_env(tmp: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def wait_for_line(log: Path, text: str, timeout: float) -> bool:
-    eventually(lambda: log.exists() and text in log.read_text(errors="replace"), f"{text!r} in {log.name}", timeout)
-    return True
+def wait_for_line(log: Path, text: str, process: subprocess.Popen, timeout: float = 300) -> None:
+    """Wait until `text` is in `log`; fail at once, with the log's end, if `process` exits first."""
+
+    def seen() -> bool:
+        output = log.read_text(errors="replace") if log.exists() else ""
+        if text in output:
+            return True
+        if process.poll() is not None:
+            pytest.fail(f"{log.name}: the process exited ({process.returncode}) before {text!r}:\n{output[-2000:]}")
+        return False
+
+    try:
+        eventually(seen, f"{text!r} in {log.name}", timeout)
+    except AssertionError as exc:
+        tail = log.read_text(errors="replace")[-2000:] if log.exists() else "(no log)"
+        raise AssertionError(f"{exc}\n{log.name} ends with:\n{tail}") from None
 
 
 def test_dask_across_hosts_survives_a_host_cut_off(hosts, tmp_path):
@@ -68,11 +82,12 @@ def test_dask_across_hosts_survives_a_host_cut_off(hosts, tmp_path):
     hosts.spawn(
         "sched",
         [str(BIN / "dask"), "scheduler", "--host", "10.77.0.1", "--port", "8786", "--no-dashboard"],
-        {**env, "DASK_DISTRIBUTED__SCHEDULER__WORKER_TTL": "5s"},
+        {**env, "DASK_DISTRIBUTED__SCHEDULER__WORKER_TTL": "10s"},
         str(tmp_path / "scheduler.log"),
     )
+    workers = {}
     for worker in ("w1", "w2"):
-        hosts.spawn(
+        workers[worker] = hosts.spawn(
             worker,
             [
                 str(BIN / "dask"),
@@ -94,8 +109,8 @@ def test_dask_across_hosts_survives_a_host_cut_off(hosts, tmp_path):
     flow_env = {**env, "PREFECT_API_URL": API, "SCALEGROUPS_RUNNER": "dask", "SCALEGROUPS_ADDRESS": SCHEDULER}
     ready = hosts.run("flow", [str(BIN / "scalegroups"), "wait", "--timeout", "180"], flow_env, timeout=200)
     assert ready.returncode == 0, ready.stderr + (tmp_path / "server.log").read_text()[-2000:]
-    for worker in ("w1", "w2"):
-        assert wait_for_line(tmp_path / f"{worker}.log", "Registered to", 60), f"{worker} did not join"
+    for worker, process in workers.items():
+        wait_for_line(tmp_path / f"{worker}.log", "Registered to", process)
 
     run_cut_and_check(hosts, tmp_path, flow_env)
 
@@ -190,8 +205,9 @@ def test_ray_across_hosts_survives_a_host_cut_off(hosts, tmp_path, ray_temp_dirs
         {**env, **fast_failure, "TMPDIR": temp["sched"]},
         str(tmp_path / "head.log"),
     )
+    workers = {}
     for worker in ("w1", "w2"):
-        hosts.spawn(
+        workers[worker] = hosts.spawn(
             worker,
             [
                 str(BIN / "ray"),
@@ -214,8 +230,6 @@ def test_ray_across_hosts_survives_a_host_cut_off(hosts, tmp_path, ray_temp_dirs
     }
     ready = hosts.run("flow", [str(BIN / "scalegroups"), "wait", "--timeout", "180"], flow_env, timeout=200)
     assert ready.returncode == 0, ready.stderr + (tmp_path / "head.log").read_text()[-2000:]
-    for worker in ("w1", "w2"):
-        assert wait_for_line(tmp_path / f"{worker}.log", "Ray runtime started", 90), (
-            tmp_path / f"{worker}.log"
-        ).read_text()[-2000:]
+    for worker, process in workers.items():
+        wait_for_line(tmp_path / f"{worker}.log", "Ray runtime started", process)
     run_cut_and_check(hosts, tmp_path, flow_env, kill=True)
