@@ -9,8 +9,6 @@ from __future__ import annotations
 import pytest
 from helpers import processes_with_marker, run_python
 
-RUNNERS = ["thread", "process", "dask", "ray"]
-
 
 def primes_below(limit: int) -> int:
     sieve = bytearray([1]) * limit
@@ -22,7 +20,7 @@ def primes_below(limit: int) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("runner", RUNNERS)
+@pytest.mark.parametrize("runner", ["thread", "process", "ray"])  # dask: the demo tests below run it
 def test_primes_example_on_each_runner(runner, scalegroups_prefect_api):
     out, marker = run_python(
         [
