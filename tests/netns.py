@@ -1,6 +1,6 @@
 """Test hosts as Linux network namespaces: one switch namespace with a bridge, one namespace per host.
 
-Every address lives inside namespaces this module creates (10.77.0.0/24 on the private bridge);
+Every address lives inside namespaces this module creates (a /24 per topology on its private bridge);
 nothing is routed to or from the machine's own network. `Hosts.cut(name)` deletes a host's link:
 the host keeps running but can no longer reach or be reached by the others.
 """

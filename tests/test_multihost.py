@@ -20,25 +20,30 @@ from helpers import REPO, eventually
 from netns import Hosts, unavailable_reason
 
 REASON = unavailable_reason()
-# xdist_group: one pytest-xdist worker runs both (they share the namespace names and 10.77.0.0/24)
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.xdist_group("network-namespaces"),
     pytest.mark.skipif(REASON is not None, reason=f"no test hosts: {REASON}"),
 ]
 
 BIN = Path(sys.executable).parent
-API = "http://10.77.0.10:4200/api"
-SCHEDULER = "tcp://10.77.0.1:8786"
+HOSTS = {"flow": 10, "sched": 1, "w1": 11, "w2": 12}
 
 
 @pytest.fixture
-def hosts():
-    topology = Hosts({"flow": 10, "sched": 1, "w1": 11, "w2": 12}).up()
+def make_hosts():
+    """Build this test's hosts; each test gives its own namespace prefix and subnet, so the tests
+    can run side by side (pytest-xdist workers) without touching each other's hosts."""
+    built: list[Hosts] = []
+
+    def make(prefix: str, subnet: str) -> Hosts:
+        built.append(Hosts(HOSTS, prefix=prefix, subnet=subnet).up())
+        return built[-1]
+
     try:
-        yield topology
+        yield make
     finally:
-        topology.down()
+        for topology in built:
+            topology.down()
 
 
 def clean_env(tmp: Path, **extra: str) -> dict[str, str]:
@@ -71,7 +76,9 @@ def wait_for_line(log: Path, text: str, process: subprocess.Popen, timeout: floa
         raise AssertionError(f"{exc}\n{log.name} ends with:\n{tail}") from None
 
 
-def test_dask_across_hosts_survives_a_host_cut_off(hosts, tmp_path):
+def test_dask_across_hosts_survives_a_host_cut_off(make_hosts, tmp_path):
+    hosts = make_hosts("sgtd", "10.77.1")
+    api, scheduler = f"http://{hosts.addresses['flow']}:4200/api", f"tcp://{hosts.addresses['sched']}:8786"
     env = clean_env(tmp_path)
     hosts.spawn(
         "flow",
@@ -81,7 +88,7 @@ def test_dask_across_hosts_survives_a_host_cut_off(hosts, tmp_path):
     )
     hosts.spawn(
         "sched",
-        [str(BIN / "dask"), "scheduler", "--host", "10.77.0.1", "--port", "8786", "--no-dashboard"],
+        [str(BIN / "dask"), "scheduler", "--host", hosts.addresses["sched"], "--port", "8786", "--no-dashboard"],
         {**env, "DASK_DISTRIBUTED__SCHEDULER__WORKER_TTL": "10s"},
         str(tmp_path / "scheduler.log"),
     )
@@ -92,7 +99,7 @@ def test_dask_across_hosts_survives_a_host_cut_off(hosts, tmp_path):
             [
                 str(BIN / "dask"),
                 "worker",
-                SCHEDULER,
+                scheduler,
                 "--host",
                 hosts.addresses[worker],
                 "--name",
@@ -103,10 +110,10 @@ def test_dask_across_hosts_survives_a_host_cut_off(hosts, tmp_path):
                 "1",
                 "--no-dashboard",
             ],
-            {**env, "PREFECT_API_URL": API},
+            {**env, "PREFECT_API_URL": api},
             str(tmp_path / f"{worker}.log"),
         )
-    flow_env = {**env, "PREFECT_API_URL": API, "SCALEGROUPS_RUNNER": "dask", "SCALEGROUPS_ADDRESS": SCHEDULER}
+    flow_env = {**env, "PREFECT_API_URL": api, "SCALEGROUPS_RUNNER": "dask", "SCALEGROUPS_ADDRESS": scheduler}
     ready = hosts.run("flow", [str(BIN / "scalegroups"), "wait", "--timeout", "180"], flow_env, timeout=200)
     assert ready.returncode == 0, ready.stderr + (tmp_path / "server.log").read_text()[-2000:]
     for worker, process in workers.items():
@@ -175,7 +182,9 @@ def ray_temp_dirs():
     shutil.rmtree(root, ignore_errors=True)
 
 
-def test_ray_across_hosts_survives_a_host_cut_off(hosts, tmp_path, ray_temp_dirs):
+def test_ray_across_hosts_survives_a_host_cut_off(make_hosts, tmp_path, ray_temp_dirs):
+    hosts = make_hosts("sgtr", "10.77.2")
+    api, head = f"http://{hosts.addresses['flow']}:4200/api", hosts.addresses["sched"]
     token = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex + uuid.uuid4().hex}
     env = clean_env(tmp_path, **token)
     hosts.spawn(
@@ -194,7 +203,7 @@ def test_ray_across_hosts_survives_a_host_cut_off(hosts, tmp_path, ray_temp_dirs
             "start",
             "--head",
             "--block",
-            "--node-ip-address=10.77.0.1",
+            f"--node-ip-address={head}",
             "--port=6379",
             "--ray-client-server-port=10001",
             "--num-cpus=0",
@@ -213,20 +222,20 @@ def test_ray_across_hosts_survives_a_host_cut_off(hosts, tmp_path, ray_temp_dirs
                 str(BIN / "ray"),
                 "start",
                 "--block",
-                "--address=10.77.0.1:6379",
+                f"--address={head}:6379",
                 f"--node-ip-address={hosts.addresses[worker]}",
                 "--num-cpus=1",
                 "--disable-usage-stats",
                 f"--temp-dir={temp[worker]}",  # the hosts share this machine's disk: a folder each
             ],
-            {**env, "PREFECT_API_URL": API, "TMPDIR": temp[worker]},
+            {**env, "PREFECT_API_URL": api, "TMPDIR": temp[worker]},
             str(tmp_path / f"{worker}.log"),
         )
     flow_env = {
         **env,
-        "PREFECT_API_URL": API,
+        "PREFECT_API_URL": api,
         "SCALEGROUPS_RUNNER": "ray",
-        "SCALEGROUPS_ADDRESS": "ray://10.77.0.1:10001",
+        "SCALEGROUPS_ADDRESS": f"ray://{head}:10001",
     }
     ready = hosts.run("flow", [str(BIN / "scalegroups"), "wait", "--timeout", "180"], flow_env, timeout=200)
     assert ready.returncode == 0, ready.stderr + (tmp_path / "head.log").read_text()[-2000:]
