@@ -64,8 +64,12 @@ def test_killed_worker_loses_no_item(scalegroups_runner, tmp_path):
         # the engine reschedules the lost worker's tasks: everything completes
         assert completed == ITEMS, outcomes
     else:
-        # a process pool cannot survive a dead child: the items it broke end failed, with their keys
-        assert FINISHED_BEFORE_KILL <= completed < ITEMS, outcomes
+        # a process pool cannot survive a dead child: the items it broke end failed, with their keys.
+        # Which ones is a race (an item that had finished may still have had its result in flight),
+        # so the check is that the pool broke and that every item reported completed really ran.
+        assert completed < ITEMS, outcomes
+        ran = {int(p.name.removeprefix("done-")) for p in tmp_path.glob("done-*")}
+        assert {key for key, v in outcomes.items() if v == "completed"} <= ran, outcomes
         assert set(outcomes.values()) - {"completed"} <= {"BrokenProcessPool", "CrashedRun", "RuntimeError"}, outcomes
 
 
