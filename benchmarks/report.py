@@ -14,6 +14,8 @@ SERVER_MS = 10.0
 FIRST_ROUND_SPEEDUP = 1.85
 COLD_START_S = 8.0
 WARM_SERVER_S = 3.0
+#: progress artifacts on ÷ off, CPU per task run: more than this would show
+PROGRESS_COST = 1.10
 
 
 def entry(results: dict, engine: str, config: str) -> dict | None:
@@ -249,6 +251,62 @@ def remote_table(remote: dict, cfg: dict) -> list[str]:
     return lines
 
 
+def progress_split(found: object) -> tuple[float, float, float] | None:
+    """(CPU ms per task run over all processes, of it the server's, wall ms per task) of a trivial run."""
+    if not isinstance(found, dict) or not found.get("trivial_cpu"):
+        return None
+    cpu = statistics.median(sum(r[k] for k in ("flow", "workers", "server")) for r in found["trivial_cpu"])
+    server = statistics.median(r["server"] for r in found["trivial_cpu"])
+    return cpu, server, statistics.median(found["trivial"]) / found.get("tasks", 1) * 1000
+
+
+def progress_table(progress: dict, cfg: dict) -> list[str]:
+    """(i): the same trivial task runs with progress artifacts on (the default) and off."""
+    lines = ["", "## (i) Progress artifacts: what they cost", ""]
+    if not progress:
+        return lines + ["Not measured in this run (`--no-progress`, or no `scalegroups` configuration)."]
+    lines += [
+        f"{cfg['trivial']} trivial tasks in one `map` (one group run each), lean server, progress artifacts"
+        " on (`SCALEGROUPS_PROGRESS=1`, the default: a progress artifact updated every ~2 s and a summary"
+        " table at the end) and off (`SCALEGROUPS_PROGRESS=0`).",
+        "",
+        "| engine | progress | CPU ms/task run (all processes) | of which server | wall ms/task"
+        " | on ÷ off (CPU) | on ÷ off (wall) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for engine, runs in progress.items():
+        measured = {
+            label: progress_split({**run, "tasks": cfg["trivial"]}) if isinstance(run, dict) else None
+            for label, run in runs.items()
+        }
+        for label in ("off", "on"):
+            found = measured.get(label)
+            if found is None:
+                lines.append(f"| {engine} | {label} | failed: {str(runs.get(label))[:80]} | | | | |")
+                continue
+            off = measured.get("off")
+            ratios = ("", "")
+            if label == "on" and off is not None:
+                ratios = (fmt(ratio(found[0], off[0])), fmt(ratio(found[2], off[2])))
+            lines.append(
+                f"| {engine} | {label} | {fmt(found[0], 1)} | {fmt(found[1], 1)} | {fmt(found[2], 1)} |"
+                f" {ratios[0]} | {ratios[1]} |"
+            )
+    return lines
+
+
+def progress_cost(progress: dict, cfg: dict) -> dict[str, float | None]:
+    """on ÷ off CPU per task run, per engine (None: a run failed)."""
+    costs: dict[str, float | None] = {}
+    for engine, runs in progress.items():
+        on, off = (
+            progress_split({**runs[k], "tasks": cfg["trivial"]}) if isinstance(runs.get(k), dict) else None
+            for k in ("on", "off")
+        )
+        costs[engine] = None if on is None or off is None else ratio(on[0], off[0])
+    return costs
+
+
 def targets(results: dict, engines: list[str], cfg: dict, serial: float, startup: dict[str, float]) -> list[str]:
     lines = ["", "## Targets", ""]
     for e in [x for x in WORKER_ENGINES if x in engines]:
@@ -307,6 +365,7 @@ def render(
     elapsed: float,
     quick: bool,
     remote: dict | None = None,
+    progress: dict | None = None,
 ) -> str:
     """The whole RESULTS.md text."""
     engines = list(results)
@@ -321,6 +380,14 @@ def render(
     lines += startup_table(startup)
     lines += remote_table(remote or {}, cfg)
     lines += stop_table(results, engines)
+    lines += progress_table(progress or {}, cfg)
     lines += targets(results, engines, cfg, serial, startup)
+    for engine, cost in progress_cost(progress or {}, cfg).items():
+        lines.append(
+            check(
+                None if cost is None else cost <= PROGRESS_COST,
+                f"{engine}: progress artifacts: {fmt(cost)}× the CPU per task run without them ≤ {PROGRESS_COST:g}×",
+            )
+        )
     lines += ["", "Charts: ![bookkeeping](bookkeeping.png) ![speedup](speedup.png) ![start-up](startup.png)", ""]
     return "\n".join(lines)

@@ -123,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-charts", action="store_true", help="skip the PNG charts")
     parser.add_argument("--no-startup", action="store_true", help="skip the whole-process start-up section")
     parser.add_argument("--no-remote", action="store_true", help="skip the server-on-another-host section")
+    parser.add_argument("--no-progress", action="store_true", help="skip the progress-artifact cost section")
     parser.add_argument("--configs", default=",".join(SHARED + USER), help="which configurations to run")
     args = parser.parse_args(argv)
 
@@ -155,6 +156,10 @@ def main(argv: list[str] | None = None) -> int:
                 results[engine][config] = run_one(engine, config, cfg, env)
                 print(f"{engine:8} {config:17} {time.perf_counter() - t0:6.1f} s", flush=True)
                 partial.write_text(json.dumps({"cfg": cfg, "results": results}))  # a later crash loses nothing
+        progress: dict = {}
+        if not args.no_progress and "scalegroups" in servers:
+            progress = measure_progress(args.engines.split(","), cfg, workdir, servers["scalegroups"])
+            partial.write_text(json.dumps({"cfg": cfg, "results": results, "progress": progress}))
         startup = {} if args.no_startup else measure_startup(workdir, repeats=cfg["repeats"], env=clean_env())
     remote: dict = {}
     if not args.no_remote:
@@ -166,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # reported in the section, the rest of the run stands
             remote = {"skipped": f"the measurement failed: {exc!r}"[:300]}
     elapsed = time.perf_counter() - started
-    report = render(results, startup, cfg, serial, machine(), elapsed, quick=args.quick, remote=remote)
+    report = render(
+        results, startup, cfg, serial, machine(), elapsed, quick=args.quick, remote=remote, progress=progress
+    )
     analysis = ROOT / "benchmarks" / "analysis.md"  # hand-written, from profiles: where the time went
     if analysis.exists() and not args.quick:
         report += "\n" + analysis.read_text()
@@ -178,6 +185,20 @@ def main(argv: list[str] | None = None) -> int:
         draw_all(results, startup, serial, Path(args.output).parent)
     print(report)
     return 0
+
+
+def measure_progress(engines: list[str], cfg: dict, workdir: Path, server_env: dict[str, str]) -> dict:
+    """(i): the trivial tasks on the lean server with progress artifacts off, then on (the default)."""
+    progress: dict[str, dict[str, object]] = {}
+    for engine in [e for e in ("thread", "dask") if e in engines]:
+        progress[engine] = {}
+        for label, flag in (("off", "0"), ("on", "1")):
+            home = workdir / f"home-{engine}-progress-{label}"
+            env = clean_env(PREFECT_HOME=str(home), SCALEGROUPS_PROGRESS=flag, **server_env)
+            t0 = time.perf_counter()
+            progress[engine][label] = run_one(engine, "scalegroups-trivial", cfg, env)
+            print(f"{engine:8} progress {label:8} {time.perf_counter() - t0:6.1f} s", flush=True)
+    return progress
 
 
 def _serial_cpu(cfg: dict, burn_fn) -> float:

@@ -28,9 +28,10 @@ def test_quick_benchmark_writes_every_section_and_chart(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     text = output.read_text()
-    for heading in ("## (a)", "## (b)", "## (c)", "## (d)", "## (e)", "## (f)", "## (g)", "## Targets"):
+    for heading in ("## (a)", "## (b)", "## (c)", "## (d)", "## (e)", "## (f)", "## (g)", "## (i)", "## Targets"):
         assert heading in text
     assert "Runs that failed" not in text, text[:3000]
+    assert re.search(r"^\| thread \| on \| \d+\.\d \|", text, re.M), "no progress-cost row measured"
     row = re.search(r"^\| thread \| scalegroups \| ([^|]+) \| ([^|]+) \| ([^|]+) \| ([^|]+) \|", text, re.M)
     assert row and all(re.fullmatch(r"\d+\.\d", cell.strip()) for cell in row.groups()), "no CPU split measured"
     for chart in ("bookkeeping.png", "speedup.png", "startup.png"):
