@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import threading
 import time
+from pathlib import Path
 
 from prefect import task
 
@@ -12,6 +15,10 @@ import scalegroups
 
 @task
 def sleep_for(seconds: float) -> float:
+    """Sleep; first leave `started-<pid>` in `$SHUTDOWN_MARKERS` (if set): evidence it runs."""
+    folder = os.environ.get("SHUTDOWN_MARKERS")
+    if folder:
+        Path(folder, f"started-{os.getpid()}-{threading.get_ident()}").write_text("")
     time.sleep(seconds)
     return seconds
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import REPO, eventually, gone_within, kill_marked, marked_env, processes_with_marker, run_python
+from helpers import REPO, eventually, gone_within, kill_marked, marked_env, run_python
 
 
 @pytest.mark.slow
@@ -21,31 +21,44 @@ def test_failed_flow_leaves_nothing(runner, scalegroups_prefect_api):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("runner", ["process", "dask", "ray"])
-def test_keyboard_interrupt_leaves_nothing(runner, scalegroups_prefect_api):
+def test_keyboard_interrupt_leaves_nothing(runner, scalegroups_prefect_api, tmp_path):
+    """Ctrl-C on a flow whose two tasks are running (their marker files say so) ends the flow
+    process and everything it started."""
     env, marker = marked_env(
-        SCALEGROUPS_RUNNER=runner, SCALEGROUPS_MAX_WORKERS="2", PREFECT_API_URL=scalegroups_prefect_api
+        SCALEGROUPS_RUNNER=runner,
+        SCALEGROUPS_MAX_WORKERS="2",
+        PREFECT_API_URL=scalegroups_prefect_api,
+        SHUTDOWN_MARKERS=str(tmp_path),
     )
-    child = subprocess.Popen(
-        [sys.executable, "tests/shutdown_flows.py", "forever"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    log = tmp_path / "flow.log"
+    with log.open("w") as output:  # a file, not a pipe nobody reads once the test waits
+        child = subprocess.Popen(
+            [sys.executable, "tests/shutdown_flows.py", "forever"],
+            cwd=REPO,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
     try:
-        for line in child.stdout:
-            if "READY" in line:
-                break
-        eventually(lambda: len(processes_with_marker(marker)) > 1, "the flow's worker processes")
+
+        def both_tasks_run() -> bool:
+            if child.poll() is not None:
+                pytest.fail(f"the flow exited ({child.returncode}) early:\n{log.read_text()[-3000:]}")
+            return len(list(tmp_path.glob("started-*"))) == 2
+
+        eventually(both_tasks_run, "both tasks running", 180)
         child.send_signal(signal.SIGINT)
-        child.wait(timeout=60)
+        try:
+            child.wait(timeout=120)  # a guard against a hang
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the flow process did not end on SIGINT within 120 s:\n{log.read_text()[-3000:]}")
     finally:
         if child.poll() is None:
             child.kill()
-        left = gone_within(marker, 20)
+        left = gone_within(marker, 30)
         kill_marked(marker)
-    assert left == []
+    assert left == [], log.read_text()[-3000:]
 
 
 @pytest.mark.slow
