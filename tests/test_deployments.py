@@ -42,11 +42,7 @@ def served(scalegroups_prefect_api):
                     time.sleep(1)
         yield marker
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        _stop(server)
         assert gone_within(marker, 20) == [], "served flow runs outlived the serve process"
 
 
