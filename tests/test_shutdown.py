@@ -39,6 +39,9 @@ def test_keyboard_interrupt_leaves_nothing(runner, scalegroups_prefect_api, tmp_
             stdout=output,
             stderr=subprocess.STDOUT,
             text=True,
+            # Ctrl-C as in a terminal: a test run started in the background (`make test &`)
+            # passes SIGINT on ignored, and Python then never raises KeyboardInterrupt
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
     try:
 
