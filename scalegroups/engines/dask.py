@@ -255,13 +255,11 @@ def raise_in_thread(thread_id: int, exception: type[BaseException]) -> bool:
 def _register_worker_setup(client: Any, attempts: int = 3) -> None:
     """Register `WorkerSetup` on every worker; a connection the scheduler dropped meanwhile (a busy
     scheduler, a worker that left) is retried on a fresh one."""
-    from distributed.comm.core import CommClosedError
-
     for attempt in range(1, attempts + 1):
         try:
             client.register_plugin(WorkerSetup(), name=PLUGIN_NAME)
             return
-        except (CommClosedError, OSError) as exc:
+        except OSError as exc:  # distributed's CommClosedError is one
             if attempt == attempts:
                 raise
             logger.warning("registering the worker set-up failed (%s); retrying", exc)
