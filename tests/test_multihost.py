@@ -196,7 +196,7 @@ def test_ray_across_hosts_survives_a_host_cut_off(make_hosts, tmp_path, ray_temp
     # a node that stops answering health checks is declared dead after ~3 s instead of ~15 s
     temp = ray_temp_dirs  # short fresh folders: Ray keeps unix sockets there (108-byte paths)
     fast_failure = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"}
-    hosts.spawn(
+    head_process = hosts.spawn(
         "sched",
         [
             str(BIN / "ray"),
@@ -214,9 +214,12 @@ def test_ray_across_hosts_survives_a_host_cut_off(make_hosts, tmp_path, ray_temp
         {**env, **fast_failure, "TMPDIR": temp["sched"]},
         str(tmp_path / "head.log"),
     )
-    workers = {}
+    # worker nodes join a head that is up: one racing the head's start-up on a loaded machine gave
+    # up ("The current node timed out during startup ... the GCS has become overloaded")
+    wait_for_line(tmp_path / "head.log", "Ray runtime started", head_process)
     for worker in ("w1", "w2"):
-        workers[worker] = hosts.spawn(
+        start_ray_node(
+            hosts,
             worker,
             [
                 str(BIN / "ray"),
@@ -229,7 +232,7 @@ def test_ray_across_hosts_survives_a_host_cut_off(make_hosts, tmp_path, ray_temp
                 f"--temp-dir={temp[worker]}",  # the hosts share this machine's disk: a folder each
             ],
             {**env, "PREFECT_API_URL": api, "TMPDIR": temp[worker]},
-            str(tmp_path / f"{worker}.log"),
+            tmp_path,
         )
     flow_env = {
         **env,
@@ -239,6 +242,21 @@ def test_ray_across_hosts_survives_a_host_cut_off(make_hosts, tmp_path, ray_temp
     }
     ready = hosts.run("flow", [str(BIN / "scalegroups"), "wait", "--timeout", "180"], flow_env, timeout=200)
     assert ready.returncode == 0, ready.stderr + (tmp_path / "head.log").read_text()[-2000:]
-    for worker, process in workers.items():
-        wait_for_line(tmp_path / f"{worker}.log", "Ray runtime started", process)
     run_cut_and_check(hosts, tmp_path, flow_env, kill=True)
+
+
+def start_ray_node(hosts: Hosts, worker: str, command: list[str], env: dict[str, str], tmp_path: Path) -> None:
+    """`ray start` on a worker host, awaited until Ray says it runs. `ray start` gives up by itself
+    when the head answers too slowly (a busy machine); as a node's supervisor would, this starts it
+    once more, and fails with both logs if that does not come up either."""
+    logs = [tmp_path / f"{worker}.log", tmp_path / f"{worker}-again.log"]
+    for log in logs:
+        process = hosts.spawn(worker, command, env, str(log))
+        eventually(
+            lambda p=process, f=log: p.poll() is not None or "Ray runtime started" in f.read_text(errors="replace"),
+            f"'Ray runtime started' in {log.name}",
+            300,
+        )
+        if process.poll() is None:
+            return
+    pytest.fail(f"ray start failed twice on {worker}:\n" + "\n".join(log.read_text()[-1500:] for log in logs))
