@@ -251,13 +251,13 @@ def remote_table(remote: dict, cfg: dict) -> list[str]:
     return lines
 
 
-def progress_split(found: object) -> tuple[float, float, float] | None:
-    """(CPU ms per task run over all processes, of it the server's, wall ms per task) of a trivial run."""
-    if not isinstance(found, dict) or not found.get("trivial_cpu"):
+def progress_row(progress: dict, engine: str, label: str, cfg: dict) -> tuple[float, float, float] | None:
+    """(CPU ms per task run over all processes, of it the server's, wall ms per task) of one (i) run;
+    `progress` has the shape of `results` ({engine: {"on"|"off": run}}), so the (a) helpers read it."""
+    split, wall = cpu_split(progress, engine, label), median(progress, engine, label, "trivial")
+    if split is None or wall is None:
         return None
-    cpu = statistics.median(sum(r[k] for k in ("flow", "workers", "server")) for r in found["trivial_cpu"])
-    server = statistics.median(r["server"] for r in found["trivial_cpu"])
-    return cpu, server, statistics.median(found["trivial"]) / found.get("tasks", 1) * 1000
+    return split["total"], split["server"], wall / cfg["trivial"] * 1000
 
 
 def progress_table(progress: dict, cfg: dict) -> list[str]:
@@ -275,16 +275,12 @@ def progress_table(progress: dict, cfg: dict) -> list[str]:
         "|---|---|---|---|---|---|---|",
     ]
     for engine, runs in progress.items():
-        measured = {
-            label: progress_split({**run, "tasks": cfg["trivial"]}) if isinstance(run, dict) else None
-            for label, run in runs.items()
-        }
+        off = progress_row(progress, engine, "off", cfg)
         for label in ("off", "on"):
-            found = measured.get(label)
+            found = progress_row(progress, engine, label, cfg)
             if found is None:
                 lines.append(f"| {engine} | {label} | failed: {str(runs.get(label))[:80]} | | | | |")
                 continue
-            off = measured.get("off")
             ratios = ("", "")
             if label == "on" and off is not None:
                 ratios = (fmt(ratio(found[0], off[0])), fmt(ratio(found[2], off[2])))
@@ -298,11 +294,8 @@ def progress_table(progress: dict, cfg: dict) -> list[str]:
 def progress_cost(progress: dict, cfg: dict) -> dict[str, float | None]:
     """on ÷ off CPU per task run, per engine (None: a run failed)."""
     costs: dict[str, float | None] = {}
-    for engine, runs in progress.items():
-        on, off = (
-            progress_split({**runs[k], "tasks": cfg["trivial"]}) if isinstance(runs.get(k), dict) else None
-            for k in ("on", "off")
-        )
+    for engine in progress:
+        on, off = (progress_row(progress, engine, label, cfg) for label in ("on", "off"))
         costs[engine] = None if on is None or off is None else ratio(on[0], off[0])
     return costs
 
