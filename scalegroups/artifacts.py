@@ -15,9 +15,12 @@ on that flow run (Prefect keys allow lowercase letters, digits and dashes only):
 gives the artifact a history across flow runs in the UI's Artifacts page.
 
 Cost per item: a done callback appends to a list. Statuses are read and the API is called only on
-ticks of the process's shared timer thread (`scalegroups.timers`), and once, synchronously, when
-the flow's scalegroups runner exits. Publishing never raises into the flow: the first failure is
-logged once per process and that map publishes nothing more. `progress=False` on the call, or
+ticks of the process's shared timer thread (`scalegroups.timers`), on a thread of its own when the
+last item finishes, and once, synchronously, when the flow's scalegroups runner exits. While a map
+runs, a status is read only when that costs no engine round trip (a Dask or Ray state is read once
+the user's `result()` has fetched it): progress on must not cost what it shows. Publishing never
+raises into the flow: the first failure is logged once per process and that map publishes nothing
+more. `progress=False` on the call, or
 `SCALEGROUPS_PROGRESS=0`, turns it off.
 """
 
@@ -40,6 +43,8 @@ logger = logging.getLogger("scalegroups")
 
 #: a finished source -> one (status, key, error) row per item it stands for
 Classifier = Callable[[Any], list[tuple[str, Any, str]]]
+#: the same rows if they can be read without an engine round trip, else None (read again later)
+Peek = Callable[[Any], list[tuple[str, Any, str]] | None]
 
 _warned = False
 _warn_lock = threading.Lock()
@@ -75,6 +80,7 @@ class MapProgress:
         dashboard: str | None = None,
         interval: float = INTERVAL_S,
         final_inline: bool = False,
+        peek: Peek | None = None,
     ) -> None:
         self.name = name
         self.total = total
@@ -84,6 +90,8 @@ class MapProgress:
         self.counts: dict[str, int] = {}
         self.problems: list[dict[str, str]] = []
         self._classify = classify
+        self._peek = peek
+        self._unread: list[Any] = []  # finished sources whose statuses are not read yet (see `peek`)
         self._dashboard = dashboard
         self._interval = interval
         self._final_inline = final_inline  # the last source_done publishes before it returns
@@ -116,20 +124,34 @@ class MapProgress:
         if last and self._final_inline:
             self.tick()
         elif last:
-            timers.call_later(0, self.tick)  # the 100% and the table, promptly, off the engine's thread
+            # the 100% and the table, promptly, off the engine's thread and off the shared timer
+            # thread (reading the last statuses may wait on the engine)
+            threading.Thread(target=self.tick, name="scalegroups-progress-end", daemon=True).start()
 
     def done_items(self) -> int:
-        """Items counted so far."""
-        return sum(self.counts.values())
+        """Items finished so far (with their statuses read or not)."""
+        return sum(self.counts.values()) + len(self._unread)
 
-    def _take_pending(self) -> None:
+    def _take_pending(self, settle: bool) -> None:
+        """Count finished sources; `settle`: read every status now, else only the cheap ones."""
         with self._lock:
             pending, self._pending = self._pending, []
-        for source in pending:
-            for status, key, error in self._rows(source):
+        unread, self._unread = self._unread + pending, []
+        for source in unread:
+            rows = self._rows(source) if settle or self._peek is None else self._peek_rows(source)
+            if rows is None:
+                self._unread.append(source)
+                continue
+            for status, key, error in rows:
                 self.counts[status] = self.counts.get(status, 0) + 1
                 if status != "completed":
                     self.problems.append({"key": repr(key), "status": status, "error": error})
+
+    def _peek_rows(self, source: Any) -> list[tuple[str, Any, str]] | None:
+        try:
+            return self._peek(source) if self._peek is not None else None
+        except Exception:  # read it the full way at the end
+            return None
 
     def _rows(self, source: Any) -> list[tuple[str, Any, str]]:
         try:
@@ -143,7 +165,9 @@ class MapProgress:
         with self._publishing:
             if self._final or self._disabled:
                 return
-            self._take_pending()
+            with self._lock:
+                everything_finished = len(self._seen) == len(self._sources)
+            self._take_pending(settle=everything_finished)
             final = self.done_items() >= self.total
             try:
                 self._publish(final)
@@ -174,10 +198,11 @@ class MapProgress:
                 self._pending.append(source)
 
     def description(self) -> str:
-        """ "12/40 done: 11 completed, 1 failed"."""
+        """ "12/40 done: 11 completed, 1 failed" (", 2 not read yet": finished, statuses still with the engine)."""
         from scalegroups.summary import counts_line
 
-        return f"{self.name}: {self.done_items()}/{self.total} done: {counts_line(self.counts)}"
+        unread = f", {len(self._unread)} not read yet" if self._unread else ""
+        return f"{self.name}: {self.done_items()}/{self.total} done: {counts_line(self.counts)}{unread}"
 
     def _publish(self, final: bool) -> None:
         from prefect import get_client
@@ -244,6 +269,7 @@ def track(
     progress: bool | None = None,
     subscribe: Callable[[Any, Callable[[Any], None]], None] | None = None,
     final_inline: bool = False,
+    peek: Peek | None = None,
 ) -> MapProgress | None:
     """Publish the progress of `sources` (one per item unless `total` says otherwise) in this flow run.
 
@@ -251,6 +277,9 @@ def track(
     `subscribe(source, callback)` registers the done callback (default: `source.add_done_callback`).
     `final_inline=True`: the callback of the last source publishes the end itself (for callers on a
     thread of their own, such as deploy_map's driver; engine callback threads must not block).
+    `peek(source)`: rows without an engine round trip, or None; while the map runs, ticks count an
+    unread source as done and read it later (usually after the user's own `result()` has fetched it),
+    so progress never fetches a result twice; the end reads every status that is still unread.
     """
     try:
         from prefect.context import FlowRunContext
@@ -270,6 +299,7 @@ def track(
             classify,
             dashboard=dashboard_url(getattr(context, "task_runner", None)),
             final_inline=final_inline,
+            peek=peek,
         )
         tracker.watch(sources)
         for source in sources:

@@ -22,6 +22,7 @@ from prefect.futures import PrefectFuture
 from scalegroups import limits as limits_module
 from scalegroups.context import current_checkpoint, current_group, current_rates
 from scalegroups.errors import GroupTimeoutError, OrchestrationError
+from scalegroups.prefect_compat import final_state_if_local, known_final_state
 from scalegroups.resources import Resources, parse_resources
 from scalegroups.timers import Deadline, timers
 
@@ -48,8 +49,14 @@ def _notify(event: str, run: GroupRun) -> None:
 
 
 def _is_failure(future: PrefectFuture[Any]) -> bool:
-    future.wait()
-    state = future.state
+    state = known_final_state(future)
+    if state is None:  # not yet fetched: wait() keeps it (a Dask wait() gathers it from a worker)
+        future.wait()
+        state = future.state
+    return _is_failed_state(state)
+
+
+def _is_failed_state(state: Any) -> bool:
     return bool(state.is_failed() or state.is_crashed() or state.is_cancelled())
 
 
@@ -73,6 +80,7 @@ class GroupRun:
         self._futures = [] if error is not None else _collect_futures(group, returned)
         self._done = threading.Event()
         self._lock = threading.Lock()
+        self._reading = threading.Lock()  # one state fetch per future, whoever asks first
         self._callbacks: list[Callable[[GroupRun], None]] = []
         self._finished: set[int] = set()
         self.finished_at: float | None = None
@@ -157,7 +165,27 @@ class GroupRun:
         """True if the run is done and a task failed, crashed or was cancelled."""
         if not self.done():
             return False
-        return self._error is not None or any(_is_failure(f) for f in self._futures)
+        return self._error is not None or any(self._is_failure(f) for f in self._futures)
+
+    def _is_failure(self, future: PrefectFuture[Any]) -> bool:
+        # progress (on its own thread) and the user may read the same state at once: fetch it once
+        with self._reading:
+            return _is_failure(future)
+
+    def failed_if_known(self) -> bool | None:
+        """`failed()` of a done run if it can be told without an engine round trip, else None.
+
+        For progress counts: a Dask or Ray task's state is known here once something waited on it
+        (the user's `result()`, usually); reading it earlier would fetch it from the engine twice.
+        """
+        if not self.done():
+            return None
+        if self._error is not None:
+            return True
+        states = [final_state_if_local(future) for future in self._distinct.values()]
+        if any(state is None for state in states):
+            return None
+        return any(_is_failed_state(state) for state in states)
 
     def exception(self) -> BaseException | None:
         """The exception `result()` would raise, or None (waits for the run)."""
@@ -177,7 +205,7 @@ class GroupRun:
         if self._error is not None:
             raise self._error
         for future in self._futures:
-            if _is_failure(future):
+            if self._is_failure(future):
                 future.result()  # raises the task's original exception
         returned = self.returned
         if isinstance(returned, PrefectFuture):
@@ -300,9 +328,9 @@ class Group(Generic[P]):
             except Exception as exc:
                 runs.append(GroupRun(self.name, run_key, error=exc))
         from scalegroups.artifacts import track
-        from scalegroups.summary import group_rows
+        from scalegroups.summary import group_rows, group_rows_if_known
 
-        track(self.name, runs, group_rows, progress=progress)
+        track(self.name, runs, group_rows, progress=progress, peek=group_rows_if_known)
         return runs
 
 

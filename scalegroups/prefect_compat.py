@@ -390,6 +390,34 @@ def cache_policy_was_chosen(task: Any) -> bool:
     return getattr(task, "_user_cache_policy", NotSet) is not NotSet
 
 
+def known_final_state(future: Any) -> Any:
+    """The final state a Prefect future already holds, or None.
+
+    Relies on `PrefectFuture._final_state` (set by `wait()`/`result()` of Prefect's concurrent,
+    Dask and Ray futures).
+
+    A Dask future's `wait()` gathers the state from its worker on every call; a caller that only
+    needs the state (progress counts) reads the one a previous `wait()`/`result()` kept instead.
+    """
+    return getattr(future, "_final_state", None)
+
+
+def final_state_if_local(future: Any) -> Any:
+    """The final state of a done future if reading it needs no engine round trip, else None.
+
+    Thread and process pool futures (`PrefectConcurrentFuture`) hold their result in this process:
+    their `wait(0)` is a local read. Other futures (Dask gathers from a worker, Ray from the object
+    store) only give the state a previous `wait()`/`result()` kept.
+    """
+    from prefect.futures import PrefectConcurrentFuture
+
+    state = known_final_state(future)
+    if state is None and isinstance(future, PrefectConcurrentFuture) and future.wrapped_future.done():
+        future.wait(0)
+        state = known_final_state(future)
+    return state
+
+
 def pool_processes(executor: Any) -> list[Any]:
     """The worker processes of a `ProcessPoolExecutor`. Relies on `ProcessPoolExecutor._processes`."""
     return list((getattr(executor, "_processes", None) or {}).values())

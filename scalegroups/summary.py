@@ -11,6 +11,7 @@ from prefect.context import FlowRunContext
 from scalegroups.errors import GroupTimeoutError
 from scalegroups.fanout import FanOut
 from scalegroups.groups import GroupRun
+from scalegroups.prefect_compat import known_final_state
 
 STATUSES = ("completed", "failed", "crashed", "cancelled", "timed_out")
 
@@ -22,15 +23,21 @@ def run_status(run: GroupRun) -> tuple[str, str]:
         return "completed", ""
     if isinstance(error, GroupTimeoutError):
         return "timed_out", str(error)
-    states = []
-    for future in run.futures:
-        future.wait(0)
-        states.append(future.state)
+    states = [final_state(future) for future in run.futures]
     if any(state.is_crashed() for state in states):
         return "crashed", repr(error)
     if any(state.is_cancelled() for state in states):
         return "cancelled", repr(error)
     return "failed", repr(error)
+
+
+def final_state(future: Any) -> Any:
+    """A done future's final state, fetched at most once (see `known_final_state`)."""
+    state = known_final_state(future)
+    if state is None:
+        future.wait(0)
+        state = future.state
+    return state
 
 
 def finished_status(run: GroupRun) -> tuple[str, str]:
@@ -44,6 +51,14 @@ def group_rows(run: GroupRun) -> list[tuple[str, Any, str]]:
     """The (status, key, error) row of a finished group run, for progress counts."""
     status, error = finished_status(run)
     return [(status, run.key, error)]
+
+
+def group_rows_if_known(run: GroupRun) -> list[tuple[str, Any, str]] | None:
+    """`group_rows` if the run's states are known without an engine round trip, else None."""
+    failed = run.failed_if_known()
+    if failed is None:
+        return None
+    return [("completed", run.key, "")] if not failed else group_rows(run)
 
 
 def counts_line(counts: dict[str, int]) -> str:

@@ -251,6 +251,30 @@ def test_prefect_dask_client_submit_takes_a_key():
     assert "__slots__" not in vars(PrefectDaskClient), "the client must keep its state in __dict__"
 
 
+@pytest.mark.scalegroups_runners("thread", "dask")
+def test_prefect_futures_keep_the_final_state_a_wait_fetched(scalegroups_task_runner, scalegroups_runner: str):
+    """Progress counts read a state only when it costs no engine round trip: a thread future's
+    state is local once done; a Dask future's only after something waited on it."""
+
+    @flow(task_runner=scalegroups_task_runner)
+    def reads_states() -> dict:
+        future = double.submit(2)
+        done = threading.Event()  # done as the engine sees it, without Prefect reading anything
+        future.wrapped_future.add_done_callback(lambda _: done.set())
+        assert done.wait(120), "the task did not finish"
+        before = compat.final_state_if_local(future)
+        future.wait()
+        kept = compat.known_final_state(future)
+        return {"before": before, "kept": kept, "is_prefects_own": kept is future.state}
+
+    got = reads_states()
+    if scalegroups_runner == "thread":
+        assert got["before"] is not None and got["before"].is_completed()
+    else:
+        assert got["before"] is None, "a Dask state must not be fetched by a peek"
+    assert got["kept"] is not None and got["kept"].is_completed() and got["is_prefects_own"]
+
+
 @pytest.mark.scalegroups_runners("ray")
 def test_ray_submissions_share_one_remote_function(scalegroups_task_runner):
     @flow(task_runner=scalegroups_task_runner)
