@@ -268,7 +268,7 @@ def progress_table(progress: dict, cfg: dict) -> list[str]:
     lines += [
         f"{cfg['trivial']} trivial tasks in one `map` (one group run each), lean server, progress artifacts"
         " on (`SCALEGROUPS_PROGRESS=1`, the default: a progress artifact updated every ~2 s and a summary"
-        " table at the end) and off (`SCALEGROUPS_PROGRESS=0`); run off, on, on, off, medians of the"
+        " table at the end) and off (`SCALEGROUPS_PROGRESS=0`); a full run goes off, on, on, off, medians of the"
         " pooled repeats.",
         "",
         "| engine | progress | CPU ms/task run (all processes) | of which server | wall ms/task"

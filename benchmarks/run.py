@@ -158,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
                 partial.write_text(json.dumps({"cfg": cfg, "results": results}))  # a later crash loses nothing
         progress: dict = {}
         if not args.no_progress and "scalegroups" in servers:
-            progress = measure_progress(args.engines.split(","), cfg, workdir, servers["scalegroups"])
+            order = ("off", "on") if args.quick else ("off", "on", "on", "off")
+            progress = measure_progress(args.engines.split(","), cfg, workdir, servers["scalegroups"], order)
             partial.write_text(json.dumps({"cfg": cfg, "results": results, "progress": progress}))
         startup = {} if args.no_startup else measure_startup(workdir, repeats=cfg["repeats"], env=clean_env())
     remote: dict = {}
@@ -187,16 +188,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def measure_progress(engines: list[str], cfg: dict, workdir: Path, server_env: dict[str, str]) -> dict:
+def measure_progress(
+    engines: list[str], cfg: dict, workdir: Path, server_env: dict[str, str], order: tuple[str, ...]
+) -> dict:
     """(i): the trivial tasks on the lean server with progress artifacts off and on (the default).
 
-    Runs off, on, on, off and pools the repeats of each, so a drift over the section (the server's
-    database grows with every run) weighs on both sides alike.
+    A full run goes off, on, on, off and pools the repeats of each, so a drift over the section
+    (the server's database grows with every run) weighs on both sides alike; `--quick`: off, on.
     """
     progress: dict[str, dict[str, object]] = {}
     for engine in [e for e in ("thread", "dask") if e in engines]:
         progress[engine] = {}
-        for turn, label in enumerate(("off", "on", "on", "off")):
+        for turn, label in enumerate(order):
             home = workdir / f"home-{engine}-progress-{label}-{turn}"
             flag = "1" if label == "on" else "0"
             env = clean_env(PREFECT_HOME=str(home), SCALEGROUPS_PROGRESS=flag, **server_env)
