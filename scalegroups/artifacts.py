@@ -20,8 +20,7 @@ last item finishes, and once, synchronously, when the flow's scalegroups runner 
 runs, a status is read only when that costs no engine round trip (a Dask or Ray state is read once
 the user's `result()` has fetched it): progress on must not cost what it shows. Publishing never
 raises into the flow: the first failure is logged once per process and that map publishes nothing
-more. `progress=False` on the call, or
-`SCALEGROUPS_PROGRESS=0`, turns it off.
+more. `progress=False` on the call, or `SCALEGROUPS_PROGRESS=0`, turns it off.
 """
 
 from __future__ import annotations
