@@ -48,12 +48,17 @@ def _notify(event: str, run: GroupRun) -> None:
         observer(event, run)
 
 
-def _is_failure(future: PrefectFuture[Any]) -> bool:
+def final_state(future: PrefectFuture[Any], timeout: float | None = None) -> Any:
+    """The future's state after waiting up to `timeout`, fetched from the engine at most once."""
     state = known_final_state(future)
     if state is None:  # not yet fetched: wait() keeps it (a Dask wait() gathers it from a worker)
-        future.wait()
+        future.wait(timeout)
         state = future.state
-    return _is_failed_state(state)
+    return state
+
+
+def _is_failure(future: PrefectFuture[Any]) -> bool:
+    return _is_failed_state(final_state(future))
 
 
 def _is_failed_state(state: Any) -> bool:

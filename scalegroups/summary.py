@@ -10,8 +10,7 @@ from prefect.context import FlowRunContext
 
 from scalegroups.errors import GroupTimeoutError
 from scalegroups.fanout import FanOut
-from scalegroups.groups import GroupRun
-from scalegroups.prefect_compat import known_final_state
+from scalegroups.groups import GroupRun, final_state
 
 STATUSES = ("completed", "failed", "crashed", "cancelled", "timed_out")
 
@@ -23,21 +22,12 @@ def run_status(run: GroupRun) -> tuple[str, str]:
         return "completed", ""
     if isinstance(error, GroupTimeoutError):
         return "timed_out", str(error)
-    states = [final_state(future) for future in run.futures]
+    states = [final_state(future, 0) for future in run.futures]
     if any(state.is_crashed() for state in states):
         return "crashed", repr(error)
     if any(state.is_cancelled() for state in states):
         return "cancelled", repr(error)
     return "failed", repr(error)
-
-
-def final_state(future: Any) -> Any:
-    """A done future's final state, fetched at most once (see `known_final_state`)."""
-    state = known_final_state(future)
-    if state is None:
-        future.wait(0)
-        state = future.state
-    return state
 
 
 def finished_status(run: GroupRun) -> tuple[str, str]:
