@@ -136,8 +136,9 @@ class MapProgress:
         with self._lock:
             pending, self._pending = self._pending, []
         unread, self._unread = self._unread + pending, []
+        peek = None if settle else self._peek
         for source in unread:
-            rows = self._rows(source) if settle or self._peek is None else self._peek_rows(source)
+            rows = self._rows(source) if peek is None else self._peek_rows(peek, source)
             if rows is None:
                 self._unread.append(source)
                 continue
@@ -146,9 +147,10 @@ class MapProgress:
                 if status != "completed":
                     self.problems.append({"key": repr(key), "status": status, "error": error})
 
-    def _peek_rows(self, source: Any) -> list[tuple[str, Any, str]] | None:
+    @staticmethod
+    def _peek_rows(peek: Peek, source: Any) -> list[tuple[str, Any, str]] | None:
         try:
-            return self._peek(source) if self._peek is not None else None
+            return peek(source)
         except Exception:  # read it the full way at the end
             return None
 
