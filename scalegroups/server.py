@@ -15,8 +15,10 @@ needs one: every Dask, Ray or process-pool worker would start its own.
 Local servers scalegroups starts are *lean* (Prefect's own settings still win where the user set
 them): the task-run recorder writes events in batches of 100 at least once a second instead of
 one database transaction per event (it was 75% of the server's CPU per task run), and the event
-persister and automation triggers are off (events are still streamed; they are not stored). Set
-`SCALEGROUPS_SERVER_SERVICES=full` for Prefect's defaults.
+persister and automation triggers are off (events are still streamed; they are not stored), and
+so is the server's anonymous usage report to Prefect (a network call at every start, logged as an
+ERROR on machines without internet access). Set `SCALEGROUPS_SERVER_SERVICES=full` for Prefect's
+defaults.
 
 A fresh `PREFECT_HOME` starts from a template database: Prefect's migrations and block
 registration take ~10 s on 2 cores, so the first server on a machine keeps a copy of the freshly
@@ -55,6 +57,7 @@ LEAN_SERVER_DEFAULTS: dict[str, Any] = {
     "server.services.task_run_recorder.flush_interval": 1,
     "server.services.event_persister.enabled": False,
     "server.services.triggers.enabled": False,
+    "server.analytics_enabled": False,
 }
 
 

@@ -117,9 +117,11 @@ def kill_marked(marker: str) -> None:
 
 
 def marked_env(**extra: str) -> tuple[dict[str, str], str]:
-    """A child environment like a new user's (no SCALEGROUPS_*, no PREFECT_API_*), tagged with a fresh marker."""
+    """A child environment like a new user's (no SCALEGROUPS_*, no PREFECT_API_*, Prefect's usage report
+    not switched off), tagged with a fresh marker."""
     marker = uuid.uuid4().hex
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SCALEGROUPS_", "PREFECT_API"))}
+    unlike_a_user = ("SCALEGROUPS_", "PREFECT_API", "PREFECT_SERVER_ANALYTICS_ENABLED")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(unlike_a_user)}
     env.update(extra)
     env.update(SCALEGROUPS_TEST_MARKER=marker, PYTHONPATH=str(REPO))
     return env, marker

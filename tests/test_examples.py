@@ -19,6 +19,11 @@ def primes_below(limit: int) -> int:
     return sum(sieve)
 
 
+def error_lines(stderr: str) -> list[str]:
+    """Log lines at ERROR or above, and tracebacks: a run that succeeded shows none."""
+    return [line for line in stderr.splitlines() if "| ERROR" in line or "| CRITICAL" in line or "Traceback" in line]
+
+
 @pytest.mark.slow
 # dask: the demo tests below run it; ray: the seed example below runs on a private Ray as a user does
 @pytest.mark.parametrize("runner", ["thread", "process"])
@@ -50,6 +55,7 @@ def test_seed_example_runs_in_worker_processes_with_one_api_server(runner):
     assert "'value': 41, 'note': 'audited 4'" in out.stdout
     # one API for the flow and all its workers: the flow's own; no worker starts a server of its own
     assert "Starting temporary server" not in out.stderr, out.stderr[-3000:]
+    assert error_lines(out.stderr) == []  # e.g. no usage report failing to leave an offline machine
     assert processes_with_marker(marker) == []
 
 
