@@ -81,4 +81,5 @@ def test_the_demo_is_quiet_and_reports_its_speedup(engine_logs, scalegroups_pref
         assert any("distributed.scheduler" in line for line in engine_info), out.stderr[-3000:]
     else:
         assert engine_info == [], engine_info[:5]  # neither the flow process's nor the workers'
+    assert error_lines(out.stderr) == []  # e.g. no worker's heartbeat lost to the cluster's close
     assert processes_with_marker(marker) == []

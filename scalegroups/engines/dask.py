@@ -16,7 +16,7 @@ from prefect_dask import DaskTaskRunner
 
 from scalegroups.engines import DaskSection
 from scalegroups.engines.base import EngineRunnerMixin
-from scalegroups.engines.dask_worker import PLUGIN_NAME, WorkerSetup
+from scalegroups.engines.dask_worker import PLUGIN_NAME, WorkerSetup, expect_cluster_shutdown
 from scalegroups.errors import ConfigurationError, TaskInterrupted
 from scalegroups.extras import require
 from scalegroups.network import check_reachable, is_loopback
@@ -139,11 +139,17 @@ class DaskRunner(EngineRunnerMixin, DaskTaskRunner):
         return super()._start()
 
     def on_started(self, stack: ExitStack) -> None:
-        """Register the worker set-up on the cluster (existing and future workers); unregister at exit."""
+        """Register the worker set-up on the cluster (existing and future workers); unregister at exit.
+
+        A cluster this runner started is closed with it: its workers are told first, so a heartbeat
+        caught by the scheduler's close does not print a traceback after the flow has finished.
+        """
         client = dask_client_with_keys(self.client)  # no tokenize per submitted task
         _register_worker_setup(client)
         if self._cluster is None:  # someone else's cluster: leave its workers as they were
             stack.callback(_unregister, client)
+        else:
+            stack.callback(_announce_shutdown, client)
 
     @contextmanager
     def quiet_logs(self) -> Iterator[None]:
@@ -263,6 +269,13 @@ def _register_worker_setup(client: Any, attempts: int = 3) -> None:
             if attempt == attempts:
                 raise
             logger.warning("registering the worker set-up failed (%s); retrying", exc)
+
+
+def _announce_shutdown(client: Any) -> None:
+    try:
+        client.run(expect_cluster_shutdown, on_error="ignore")
+    except Exception:  # a worker or the scheduler is gone already: nothing to quiet
+        logger.debug("could not announce the cluster's shutdown to its workers", exc_info=True)
 
 
 def _unregister(client: Any) -> None:

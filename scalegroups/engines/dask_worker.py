@@ -1,4 +1,4 @@
-"""What runs inside a Dask worker process: the scalegroups worker plugin.
+"""What runs inside a Dask worker process: the scalegroups worker plugin and its shutdown filter.
 
 Kept apart from `scalegroups.engines.dask` so that unpickling the plugin on a worker imports no
 Prefect on the worker's event loop: Prefect's import takes seconds on a busy machine, and a worker
@@ -9,11 +9,13 @@ drops it, and the plugin registration fails with it).
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from distributed import WorkerPlugin
 
 PLUGIN_NAME = "scalegroups-worker-setup"
+HEARTBEAT_FAILURE = "Failed to communicate with scheduler during heartbeat"
 
 
 class WorkerSetup(WorkerPlugin):
@@ -35,3 +37,20 @@ def _install() -> None:
     from scalegroups.prefect_compat import install_worker_hooks
 
     install_worker_hooks()
+
+
+class _HeartbeatFailureAtShutdown(logging.Filter):
+    """Drops the worker's "failed to communicate during heartbeat" ERROR (a heartbeat in flight
+    when the scheduler it was sent to closes): the cluster is being closed on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(HEARTBEAT_FAILURE)
+
+
+def expect_cluster_shutdown(dask_worker: Any = None) -> bool:
+    """On a Dask worker whose cluster is about to close: a heartbeat lost to that close is expected,
+    not an error worth a traceback on the user's screen. Returns True once the filter is in place."""
+    worker_logger = logging.getLogger("distributed.worker")
+    if not any(isinstance(f, _HeartbeatFailureAtShutdown) for f in worker_logger.filters):
+        worker_logger.addFilter(_HeartbeatFailureAtShutdown())
+    return True
