@@ -160,6 +160,52 @@ def test_install_twice_and_uninstall_restores_the_original():
     assert prefect.task_engine.hydrated_context is original
 
 
+# ------------------------------------------------------- 1b. no join of the heartbeat thread
+
+
+def heartbeat_threads() -> list[threading.Thread]:
+    """Prefect's flow-run heartbeat threads (a copied context running `heartbeat_loop`)."""
+
+    def runs_heartbeat_loop(thread: threading.Thread) -> bool:
+        first_args = getattr(thread, "_args", ())[:1]
+        return [getattr(arg, "__name__", None) for arg in first_args] == ["heartbeat_loop"]
+
+    return [t for t in threading.enumerate() if runs_heartbeat_loop(t)]
+
+
+def joins_of_the_heartbeat_thread(task_runner) -> list:
+    """Run a flow on `task_runner`; return the calls its flow run made to its heartbeat thread's join."""
+    before = set(heartbeat_threads())
+    joins: list = []
+
+    @flow(task_runner=task_runner)
+    def counts_heartbeat_joins() -> None:
+        (thread,) = [t for t in heartbeat_threads() if t not in before]
+        join = thread.join
+
+        def counted_join(timeout=None):
+            joins.append(timeout)
+            return join(timeout)
+
+        thread.join = counted_join
+
+    counts_heartbeat_joins()
+    return joins
+
+
+def test_a_flow_run_on_a_scalegroups_runner_does_not_join_its_heartbeat_thread(scalegroups_prefect_api):
+    import prefect.flow_engine
+
+    from scalegroups import make_task_runner
+
+    original = prefect.flow_engine._send_heartbeats
+    assert "join_on_exit" in inspect.signature(original).parameters
+    assert "_send_heartbeats" in inspect.unwrap(prefect.flow_engine.FlowRunEngine.run_context).__code__.co_names
+    assert len(joins_of_the_heartbeat_thread(prefect.task_runners.ThreadPoolTaskRunner(max_workers=1))) == 1
+    assert joins_of_the_heartbeat_thread(make_task_runner("thread", max_workers=1)) == []
+    assert prefect.flow_engine._send_heartbeats is original  # undone with the runner
+
+
 # ----------------------------------------------------------------------- 3. small reads
 
 

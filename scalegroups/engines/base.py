@@ -1,8 +1,9 @@
 """What every scalegroups runner adds to the Prefect runner it extends.
 
 - On start in the flow's process: a fast preflight of the cluster address, one Prefect API for the
-  flow and every worker (`scalegroups.server`), and the flow's context shipped to workers once per
-  flow run instead of once per task (`prefect_compat.ship_context_once`).
+  flow and every worker (`scalegroups.server`), the flow's context shipped to workers once per
+  flow run instead of once per task (`prefect_compat.ship_context_once`), and a flow run that ends
+  without waiting for its heartbeat thread (`prefect_compat.end_flow_runs_without_heartbeat_join`).
 - In worker processes, a copy of the runner travels with every task (Prefect needs it for tasks
   that submit tasks). Such a copy starts its engine only when a task really submits one: entering
   it for every task run would build a process pool, a client or a cluster connection per task.
@@ -23,7 +24,7 @@ from scalegroups.caching import prepared
 from scalegroups.checkpoints import checkpointing
 from scalegroups.context import current_checkpoint, current_group, current_rates
 from scalegroups.limits import acquire_rates
-from scalegroups.prefect_compat import ship_context_once
+from scalegroups.prefect_compat import end_flow_runs_without_heartbeat_join, ship_context_once
 from scalegroups.resources import Resources
 
 logger = logging.getLogger("scalegroups")
@@ -121,6 +122,7 @@ class EngineRunnerMixin:
         self._scalegroups_stack = stack
         try:
             stack.enter_context(self.quiet_logs())  # set as the engine starts, restored after it stops
+            stack.enter_context(end_flow_runs_without_heartbeat_join())
             if self.uses_worker_processes:
                 from scalegroups.server import ensure_api
 
