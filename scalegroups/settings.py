@@ -57,3 +57,8 @@ def progress_enabled() -> bool:
 def engine_logs_enabled() -> bool:
     """True when `SCALEGROUPS_ENGINE_LOGS=1`: keep Dask's and Ray's INFO logs (default: warnings only)."""
     return _flag("SCALEGROUPS_ENGINE_LOGS", False)
+
+
+def fast_exit_enabled() -> bool:
+    """False when `SCALEGROUPS_FAST_EXIT=0`: leave the interpreter's exit as Python does it."""
+    return _flag("SCALEGROUPS_FAST_EXIT", True)

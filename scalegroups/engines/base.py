@@ -25,6 +25,7 @@ from scalegroups.checkpoints import checkpointing
 from scalegroups.context import current_checkpoint, current_group, current_rates
 from scalegroups.limits import acquire_rates
 from scalegroups.prefect_compat import end_flow_runs_without_heartbeat_join, ship_context_once
+from scalegroups.process_exit import collect_once_then_freeze_at_exit
 from scalegroups.resources import Resources
 
 logger = logging.getLogger("scalegroups")
@@ -118,6 +119,7 @@ class EngineRunnerMixin:
 
     def _start(self) -> Any:
         self.preflight()
+        collect_once_then_freeze_at_exit()
         stack = ExitStack()
         self._scalegroups_stack = stack
         try:
