@@ -101,13 +101,24 @@ def sqlite_path(connection_url: str) -> Path | None:
     return Path(path)
 
 
+def blocks_fingerprint() -> str:
+    """What Prefect's block registration writes depends on: its version and the installed collections."""
+    from importlib.metadata import entry_points
+
+    collections = sorted(
+        f"{ep.name}={ep.dist.version if ep.dist else '?'}" for ep in entry_points(group="prefect.collections")
+    )
+    return "\n".join([f"prefect={version('prefect')}", *collections])
+
+
 def template_key() -> str:
-    """What a template database depends on: Prefect's version and its SQLite migrations."""
+    """What a template database depends on: Prefect's version, its SQLite migrations and the blocks
+    registered in it (the installed Prefect collections)."""
     import prefect.server.database as database
 
     versions = Path(database.__file__).parent / "_migrations" / "versions" / "sqlite"
     names = sorted(p.name for p in versions.glob("*.py"))
-    digest = hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
+    digest = hashlib.sha256("\n".join([*names, blocks_fingerprint()]).encode()).hexdigest()[:16]
     return f"prefect-{version('prefect')}-{digest}"
 
 
@@ -117,9 +128,11 @@ def template_path() -> Path:
 
 
 async def _migrate_and_register_blocks() -> None:
+    from prefect.plugins import load_prefect_collections
     from prefect.server.database import provide_database_interface
     from prefect.server.models.block_registration import run_block_auto_registration
 
+    load_prefect_collections()  # their blocks too, as Prefect's registration at server start does
     db = provide_database_interface()
     await db.create_db()
     session = await db.session()
@@ -135,20 +148,55 @@ def prepare_database() -> str:
     """
     import asyncio
 
-    from prefect.settings import get_current_settings
-
-    url = get_current_settings().server.database.connection_url
-    path = sqlite_path(url.get_secret_value() if url is not None else "")
+    path = database_path()
     if path is None or (path.exists() and path.stat().st_size > 0):
         return "existing"
     path.parent.mkdir(parents=True, exist_ok=True)
     template = template_path()
     if template.exists():
         shutil.copyfile(template, path)
-        return "template"
-    asyncio.run(_migrate_and_register_blocks())
-    _keep_as_template(path, template)
-    return "migrated"
+        outcome = "template"
+    else:
+        asyncio.run(_migrate_and_register_blocks())
+        _keep_as_template(path, template)
+        outcome = "migrated"
+    _blocks_marker(path).write_text(blocks_fingerprint())
+    return outcome
+
+
+def database_path() -> Path | None:
+    """The SQLite file of the server's database (current settings), or None for another database."""
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().server.database.connection_url
+    return sqlite_path(url.get_secret_value() if url is not None else "")
+
+
+def _blocks_marker(database: Path) -> Path:
+    return database.with_name(database.name + ".scalegroups-blocks")
+
+
+def startup_setting_defaults() -> dict[str, Any]:
+    """Setting defaults for starting a server on the prepared database.
+
+    Prefect registers every block type at each server start: it imports every installed Prefect
+    collection (prefect-dask and prefect-ray import Dask and Ray: 0.5 s) to hash the block registry
+    and compares the hash with a memo in `PREFECT_HOME`; on a new home it writes every block type
+    again (0.4 s). A database scalegroups created (from the template or migrated here) has them
+    registered already for this Prefect version and these collections (a marker file next to it
+    says which): then both steps are skipped. Anything else, and a new Prefect or collection
+    version, gets Prefect's own registration.
+    """
+    path = database_path()
+    if path is None:
+        return {}
+    try:
+        registered = _blocks_marker(path).read_text() == blocks_fingerprint()
+    except OSError:
+        return {}
+    if not registered:
+        return {}
+    return {"server.register_blocks_on_start": False, "server.memoize_block_auto_registration": False}
 
 
 def _keep_as_template(database: Path, template: Path) -> None:
@@ -233,8 +281,9 @@ class InProcessServer:
                 temporary_settings(set_defaults=self._settings_defaults),
             ):
                 self.database = prepare_database()
-                server = self._make_server()
-                asyncio.run(self._serve(server))
+                with temporary_settings(set_defaults=startup_setting_defaults()):
+                    server = self._make_server()
+                    asyncio.run(self._serve(server))
         except BaseException as exc:  # reported by wait_ready
             self._failed = exc
         finally:
@@ -414,8 +463,9 @@ def serve(port: int, host: str = "127.0.0.1") -> None:
         print(f"database: {prepare_database()}", flush=True)
         from prefect.server.api.server import create_app
 
-        app = create_app(final=True)
-        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+        with temporary_settings(set_defaults=startup_setting_defaults()):
+            app = create_app(final=True)
+            uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
 
 
 # ------------------------------------------------------------------------------- choosing
