@@ -19,6 +19,9 @@ Why the patches exist (profiles on 2 cores, 200 trivial task runs in worker proc
   clients, each loading the CA bundle into a fresh TLS context (`ssl.create_default_context`):
   51% of the worker's CPU per task run. `install_worker_hooks()` gives each worker process one
   client and one `Settings` object per distinct shipped context.
+- **No import of every collection for a block Prefect defines.** Rebuilding the result storage
+  block made each worker process import prefect-dask's and prefect-ray's collections (Dask and
+  Ray) on its first task run: 1.8 s per worker. `known_blocks_without_collections()`.
 - **No wait for the heartbeat thread.** A synchronous flow run joined its heartbeat thread, which
   wakes once a second: ~0.5 s per flow run. `end_flow_runs_without_heartbeat_join()`.
 """
@@ -307,6 +310,65 @@ def end_flow_runs_without_heartbeat_join() -> Any:
 
 
 # ------------------------------------------------------------------------------------------------
+# 1c. A block class already imported is found without importing every Prefect collection
+#
+# Relies on: `prefect.blocks.core.Block.get_block_class_from_key` being the classmethod that
+# `Block.__new__` (a block rebuilt from data carrying its `block_type_slug`, e.g. the result
+# storage in a shipped context) calls; on it calling `load_prefect_collections()` and then
+# `prefect.utilities.dispatch.lookup_type(cls, key)`, which raises `KeyError` for an unknown key.
+#
+# Why: `load_prefect_collections()` imports every installed Prefect collection. With prefect-dask
+# and prefect-ray installed, each process-pool, Dask or Ray worker imported Dask's `distributed`
+# and Ray on its first task run, to rebuild a `LocalFileSystem` block Prefect itself defines:
+# 1.8 s of CPU per worker process, paid by the first round of a flow. Looking the key up first and
+# loading the collections only for a key not found gives the same class: a collection cannot take
+# a key that is already registered.
+# ------------------------------------------------------------------------------------------------
+
+
+class _KnownBlocksFirst(_ScopedPatch):
+    """Reference-counted replacement of `Block.get_block_class_from_key`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._original: Any = None
+
+    def _install(self) -> None:
+        from prefect.blocks.core import Block
+        from prefect.utilities.dispatch import lookup_type
+
+        original = Block.__dict__["get_block_class_from_key"]
+        load_and_look_up = original.__func__
+
+        def get_block_class_from_key(cls: Any, key: str) -> Any:
+            try:
+                return lookup_type(cls, key)
+            except KeyError:
+                pass  # not imported yet: Prefect's own lookup (outside this handler: its error unchained)
+            return load_and_look_up(cls, key)
+
+        self._original = original
+        Block.get_block_class_from_key = classmethod(get_block_class_from_key)  # type: ignore[method-assign,assignment]
+
+    def _uninstall(self) -> None:
+        import sys
+
+        blocks = sys.modules.get("prefect.blocks.core")  # no import here: this may run at shutdown
+        if blocks is not None and self._original is not None:
+            blocks.Block.get_block_class_from_key = self._original
+        self._original = None
+
+
+_known_blocks = _KnownBlocksFirst()
+
+
+def known_blocks_without_collections() -> Any:
+    """Context manager: while it is open, a block class already imported is found without importing
+    every installed Prefect collection first."""
+    return _known_blocks.scope()
+
+
+# ------------------------------------------------------------------------------------------------
 # 2. Worker processes: one Settings object per shipped context, one API client per process
 #
 # Relies on: `prefect.context.hydrated_context(serialized_context, client)` being looked up as
@@ -325,6 +387,7 @@ class _WorkerHooks:
         self._installed: Any = None
         self._settings: OrderedDict[int, tuple[Any, Any, Any]] = OrderedDict()
         self._clients: OrderedDict[int, tuple[Any, Any]] = OrderedDict()
+        self._scopes = ExitStack()
 
     @property
     def installed(self) -> bool:
@@ -341,6 +404,7 @@ class _WorkerHooks:
             self._installed = self.hydrated_context  # one bound method, so uninstall can recognise it
             prefect.context.hydrated_context = self._installed  # type: ignore[assignment]
             prefect.task_engine.hydrated_context = self._installed  # type: ignore[assignment]
+            self._scopes.enter_context(known_blocks_without_collections())
 
     def uninstall(self) -> None:
         import prefect.context
@@ -353,6 +417,7 @@ class _WorkerHooks:
                 if getattr(module, "hydrated_context", None) is self._installed:
                     module.hydrated_context = self._original
             self._original = None
+            self._scopes.close()
             clients, self._clients = list(self._clients.values()), OrderedDict()
             self._settings.clear()
         for _, client in clients:

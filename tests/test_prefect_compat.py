@@ -8,6 +8,7 @@ worker processes, and pickling stands in for the wire.
 from __future__ import annotations
 
 import inspect
+import json
 import pickle
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import prefect.context
 import prefect.task_engine
 import prefect.task_runners
 import pytest
+from helpers import run_python
 from prefect import flow, task
 from prefect.context import EngineContext, FlowRunContext, SettingsContext, SyncClientContext, serialize_context
 from prefect.settings import get_current_settings
@@ -204,6 +206,63 @@ def test_a_flow_run_on_a_scalegroups_runner_does_not_join_its_heartbeat_thread(s
     assert len(joins_of_the_heartbeat_thread(prefect.task_runners.ThreadPoolTaskRunner(max_workers=1))) == 1
     assert joins_of_the_heartbeat_thread(make_task_runner("thread", max_workers=1)) == []
     assert prefect.flow_engine._send_heartbeats is original  # undone with the runner
+
+
+# ------------------------------------------- 1c. known blocks without importing every collection
+
+BLOCK_LOOKUP_CHILD = """
+import json, sys
+import prefect._internal.plugins.collections as collections
+from prefect.blocks.core import Block
+from scalegroups import prefect_compat as compat
+
+with compat.known_blocks_without_collections():
+    found = Block.get_block_class_from_key("local-file-system").__name__
+    before = collections._collections is not None
+    try:
+        Block.get_block_class_from_key("no-such-block")
+    except Exception as exc:  # UnknownBlockType, after loading the collections
+        unknown = type(exc).__name__
+print(json.dumps({"found": found, "loaded_before": before, "unknown": unknown,
+                  "loaded_after": collections._collections is not None,
+                  "restored": "get_block_class_from_key" in Block.__dict__
+                  and Block.get_block_class_from_key.__func__.__module__ == "prefect.blocks.core"}))
+"""
+
+PROCESS_WORKER_CHILD = """
+import json, sys
+from prefect import flow, task
+from scalegroups import make_task_runner
+
+@task
+def engine_modules() -> list:
+    return sorted(m for m in ("distributed", "ray", "prefect_dask", "prefect_ray") if m in sys.modules)
+
+@flow(task_runner=make_task_runner("process", max_workers=1))
+def main() -> list:
+    return engine_modules.submit().result()
+
+print(json.dumps(main()))
+"""
+
+
+def test_a_known_block_is_found_without_loading_collections_an_unknown_one_loads_them():
+    out, _ = run_python(["-c", BLOCK_LOOKUP_CHILD])
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result == {
+        "found": "LocalFileSystem",
+        "loaded_before": False,
+        "unknown": "UnknownBlockType",
+        "loaded_after": True,
+        "restored": True,
+    }
+
+
+def test_process_pool_workers_run_tasks_without_importing_dask_or_ray(scalegroups_prefect_api):
+    out, _ = run_python(["-c", PROCESS_WORKER_CHILD], env={"PREFECT_API_URL": scalegroups_prefect_api})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
 
 
 # ----------------------------------------------------------------------- 3. small reads

@@ -24,7 +24,11 @@ from scalegroups.caching import prepared
 from scalegroups.checkpoints import checkpointing
 from scalegroups.context import current_checkpoint, current_group, current_rates
 from scalegroups.limits import acquire_rates
-from scalegroups.prefect_compat import end_flow_runs_without_heartbeat_join, ship_context_once
+from scalegroups.prefect_compat import (
+    end_flow_runs_without_heartbeat_join,
+    known_blocks_without_collections,
+    ship_context_once,
+)
 from scalegroups.process_exit import collect_once_then_freeze_at_exit
 from scalegroups.resources import Resources
 
@@ -125,6 +129,7 @@ class EngineRunnerMixin:
         try:
             stack.enter_context(self.quiet_logs())  # set as the engine starts, restored after it stops
             stack.enter_context(end_flow_runs_without_heartbeat_join())
+            stack.enter_context(known_blocks_without_collections())
             if self.uses_worker_processes:
                 from scalegroups.server import ensure_api
 
