@@ -19,9 +19,10 @@ def primes_below(limit: int) -> int:
     return sum(sieve)
 
 
-def error_lines(stderr: str) -> list[str]:
-    """Log lines at ERROR or above, and tracebacks: a run that succeeded shows none."""
-    return [line for line in stderr.splitlines() if "| ERROR" in line or "| CRITICAL" in line or "Traceback" in line]
+def error_lines(stderr: str, tracebacks: bool = True) -> list[str]:
+    """Log lines at ERROR or above, and (with `tracebacks`) tracebacks: a run that succeeded shows none."""
+    marks = ("| ERROR", "| CRITICAL", *(("Traceback",) if tracebacks else ()))
+    return [line for line in stderr.splitlines() if any(mark in line for mark in marks)]
 
 
 @pytest.mark.slow
@@ -81,5 +82,7 @@ def test_the_demo_is_quiet_and_reports_its_speedup(engine_logs, scalegroups_pref
         assert any("distributed.scheduler" in line for line in engine_info), out.stderr[-3000:]
     else:
         assert engine_info == [], engine_info[:5]  # neither the flow process's nor the workers'
-    assert error_lines(out.stderr) == []  # e.g. no worker's heartbeat lost to the cluster's close
+    # e.g. no worker's heartbeat lost to the cluster's close; Dask's INFO logs, when asked for, may
+    # carry a traceback of their own (a comm closed at shutdown), as Dask prints them
+    assert error_lines(out.stderr, tracebacks=engine_logs == "0") == []
     assert processes_with_marker(marker) == []
