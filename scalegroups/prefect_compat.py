@@ -271,33 +271,51 @@ def shipping_context_once() -> bool:
 # ------------------------------------------------------------------------------------------------
 
 
-class _HeartbeatsWithoutJoin(_ScopedPatch):
-    """Reference-counted replacement of `prefect.flow_engine._send_heartbeats`."""
+class _ReplacedAttribute(_ScopedPatch):
+    """Replaces one attribute (of a module, or of a class in it) while a scope is open."""
+
+    module: str
+    owner: str | None = None  # a class in `module` whose attribute is replaced; None: the module's own
+    name: str
 
     def __init__(self) -> None:
         super().__init__()
         self._original: Any = None
 
+    def _replacement(self, original: Any) -> Any:
+        raise NotImplementedError
+
+    def _target(self, module: Any) -> Any:
+        return getattr(module, self.owner) if self.owner else module
+
     def _install(self) -> None:
-        import prefect.flow_engine as flow_engine
+        import importlib
 
-        original = flow_engine._send_heartbeats
+        target = self._target(importlib.import_module(self.module))
+        self._original = vars(target)[self.name]  # as stored (a classmethod stays one)
+        setattr(target, self.name, self._replacement(self._original))
 
+    def _uninstall(self) -> None:
+        import sys
+
+        module = sys.modules.get(self.module)  # no import here: this may run at shutdown
+        if module is not None and self._original is not None:
+            setattr(self._target(module), self.name, self._original)
+        self._original = None
+
+
+class _HeartbeatsWithoutJoin(_ReplacedAttribute):
+    """`prefect.flow_engine._send_heartbeats`, always with `join_on_exit=False`."""
+
+    module, name = "prefect.flow_engine", "_send_heartbeats"
+
+    def _replacement(self, original: Any) -> Any:
         @contextmanager
         def send_heartbeats(engine: Any, join_on_exit: bool = True) -> Iterator[None]:
             with original(engine, join_on_exit=False):
                 yield
 
-        self._original = original
-        flow_engine._send_heartbeats = send_heartbeats
-
-    def _uninstall(self) -> None:
-        import sys
-
-        flow_engine = sys.modules.get("prefect.flow_engine")  # no import here: this may run at shutdown
-        if flow_engine is not None and self._original is not None:
-            flow_engine._send_heartbeats = self._original
-        self._original = None
+        return send_heartbeats
 
 
 _heartbeats = _HeartbeatsWithoutJoin()
@@ -326,18 +344,14 @@ def end_flow_runs_without_heartbeat_join() -> Any:
 # ------------------------------------------------------------------------------------------------
 
 
-class _KnownBlocksFirst(_ScopedPatch):
-    """Reference-counted replacement of `Block.get_block_class_from_key`."""
+class _KnownBlocksFirst(_ReplacedAttribute):
+    """`Block.get_block_class_from_key`, looking the key up before loading every collection."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._original: Any = None
+    module, owner, name = "prefect.blocks.core", "Block", "get_block_class_from_key"
 
-    def _install(self) -> None:
-        from prefect.blocks.core import Block
+    def _replacement(self, original: Any) -> Any:
         from prefect.utilities.dispatch import lookup_type
 
-        original = Block.__dict__["get_block_class_from_key"]
         load_and_look_up = original.__func__
 
         def get_block_class_from_key(cls: Any, key: str) -> Any:
@@ -347,16 +361,7 @@ class _KnownBlocksFirst(_ScopedPatch):
                 pass  # not imported yet: Prefect's own lookup (outside this handler: its error unchained)
             return load_and_look_up(cls, key)
 
-        self._original = original
-        Block.get_block_class_from_key = classmethod(get_block_class_from_key)  # type: ignore[method-assign,assignment]
-
-    def _uninstall(self) -> None:
-        import sys
-
-        blocks = sys.modules.get("prefect.blocks.core")  # no import here: this may run at shutdown
-        if blocks is not None and self._original is not None:
-            blocks.Block.get_block_class_from_key = self._original
-        self._original = None
+        return classmethod(get_block_class_from_key)
 
 
 _known_blocks = _KnownBlocksFirst()

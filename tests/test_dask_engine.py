@@ -7,20 +7,10 @@ import logging
 import pytest
 
 
-def heartbeat_failure_passes(dask_worker=None) -> bool:
-    """On a worker: would the worker's heartbeat-failure ERROR reach the log handlers?"""
-    from scalegroups.engines.dask_worker import HEARTBEAT_FAILURE
-
+def error_passes(message: str) -> bool:
+    """On a worker: would an ERROR of the worker's logger with this message reach the log handlers?"""
     worker_logger = logging.getLogger("distributed.worker")
-    record = worker_logger.makeRecord(
-        "distributed.worker", logging.ERROR, __file__, 1, HEARTBEAT_FAILURE + ".", (), None
-    )
-    return bool(worker_logger.filter(record))
-
-
-def other_error_passes(dask_worker=None) -> bool:
-    worker_logger = logging.getLogger("distributed.worker")
-    record = worker_logger.makeRecord("distributed.worker", logging.ERROR, __file__, 1, "Compute Failed", (), None)
+    record = worker_logger.makeRecord("distributed.worker", logging.ERROR, __file__, 1, message, (), None)
     return bool(worker_logger.filter(record))
 
 
@@ -30,12 +20,15 @@ def test_a_closing_cluster_does_not_print_its_workers_lost_heartbeat():
     from distributed import Client, LocalCluster
 
     from scalegroups.engines.dask import _announce_shutdown
+    from scalegroups.engines.dask_worker import HEARTBEAT_FAILURE
+
+    heartbeat_failure = HEARTBEAT_FAILURE + "."
 
     with (
         LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
         Client(cluster) as client,
     ):
-        assert list(client.run(heartbeat_failure_passes).values()) == [True]  # Dask's own behaviour
+        assert list(client.run(error_passes, heartbeat_failure).values()) == [True]  # Dask's own behaviour
         _announce_shutdown(client)
-        assert list(client.run(heartbeat_failure_passes).values()) == [False]
-        assert list(client.run(other_error_passes).values()) == [True]  # every other error still shows
+        assert list(client.run(error_passes, heartbeat_failure).values()) == [False]
+        assert list(client.run(error_passes, "Compute Failed").values()) == [True]  # every other error still shows

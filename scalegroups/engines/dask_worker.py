@@ -47,10 +47,9 @@ class _HeartbeatFailureAtShutdown(logging.Filter):
         return not str(record.msg).startswith(HEARTBEAT_FAILURE)
 
 
-def expect_cluster_shutdown(dask_worker: Any = None) -> bool:
+def expect_cluster_shutdown() -> None:
     """On a Dask worker whose cluster is about to close: a heartbeat lost to that close is expected,
-    not an error worth a traceback on the user's screen. Returns True once the filter is in place."""
+    not an error worth a traceback on the user's screen."""
     worker_logger = logging.getLogger("distributed.worker")
     if not any(isinstance(f, _HeartbeatFailureAtShutdown) for f in worker_logger.filters):
         worker_logger.addFilter(_HeartbeatFailureAtShutdown())
-    return True
