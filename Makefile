@@ -46,7 +46,7 @@ $(OLDEST_VENV)/.installed: pyproject.toml
 test-prefect-oldest: $(OLDEST_VENV)/.installed
 	$(OLDEST_VENV)/bin/python -c "import prefect; assert prefect.__version__ == '$(OLDEST_PREFECT)', prefect.__version__; print('prefect', prefect.__version__)"
 	env -u PREFECT_API_URL -u PREFECT_API_KEY PREFECT_HOME=$(CURDIR)/.prefect-test-oldest \
-		$(OLDEST_VENV)/bin/python -m pytest -p no:cacheprovider -q tests/test_prefect_compat.py tests/test_groups.py \
+		$(OLDEST_VENV)/bin/python -m pytest -p no:cacheprovider -q tests/test_prefect_compat.py tests/test_api_clients.py tests/test_groups.py \
 		$(PYTEST_ARGS)
 
 # The suite 3 times in a row with one core kept busy by a CPU burner (tests/burn.py); logs in .burn-run-N.log.

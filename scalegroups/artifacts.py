@@ -206,14 +206,15 @@ class MapProgress:
         return f"{self.name}: {self.done_items()}/{self.total} done: {counts_line(self.counts)}{unread}"
 
     def _publish(self, final: bool) -> None:
-        from prefect import get_client
         from prefect.client.schemas.actions import ArtifactCreate, ArtifactUpdate
+
+        from scalegroups.api_clients import borrowed_client
 
         percent = 100.0 if final else round(100.0 * self.done_items() / max(1, self.total), 1)
         description = self.description()
         if self._published == (percent, description) and not final:
             return
-        with get_client(sync_client=True) as client:
+        with borrowed_client() as client:
             if self._dashboard and self.flow_run_id not in _linked_flow_runs:
                 _linked_flow_runs.add(self.flow_run_id)
                 client.create_artifact(

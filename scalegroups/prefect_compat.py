@@ -38,6 +38,8 @@ from typing import Any
 
 import cloudpickle
 
+from scalegroups.api_clients import shared_api_clients, shared_client
+
 # ------------------------------------------------------------------------------------------------
 # 1. Shipping the flow's context once per flow run (flow side)
 #
@@ -391,7 +393,6 @@ class _WorkerHooks:
         self._original: Any = None
         self._installed: Any = None
         self._settings: OrderedDict[int, tuple[Any, Any, Any]] = OrderedDict()
-        self._clients: OrderedDict[int, tuple[Any, Any]] = OrderedDict()
         self._scopes = ExitStack()
 
     @property
@@ -410,6 +411,7 @@ class _WorkerHooks:
             prefect.context.hydrated_context = self._installed  # type: ignore[assignment]
             prefect.task_engine.hydrated_context = self._installed  # type: ignore[assignment]
             self._scopes.enter_context(known_blocks_without_collections())
+            self._scopes.enter_context(shared_api_clients())
 
     def uninstall(self) -> None:
         import prefect.context
@@ -422,11 +424,8 @@ class _WorkerHooks:
                 if getattr(module, "hydrated_context", None) is self._installed:
                     module.hydrated_context = self._original
             self._original = None
-            self._scopes.close()
-            clients, self._clients = list(self._clients.values()), OrderedDict()
+            self._scopes.close()  # closes this process's shared clients unless a runner still uses them
             self._settings.clear()
-        for _, client in clients:
-            client.__exit__(None, None, None)
 
     def _settings_context(self, part: dict[str, Any]) -> Any:
         """A new `SettingsContext` around the Settings built once for this shipped part."""
@@ -443,23 +442,10 @@ class _WorkerHooks:
                     self._settings.popitem(last=False)
         return SettingsContext(profile=entry[1], settings=entry[2])
 
-    def _client(self) -> Any:
+    @staticmethod
+    def _client() -> Any:
         """This process's API client for the current settings (opened once, kept open)."""
-        from prefect.client.orchestration import get_client
-        from prefect.settings import get_current_settings
-
-        settings = get_current_settings()
-        with self._lock:
-            entry = self._clients.get(id(settings))
-        if entry is None or entry[0] is not settings:
-            client = get_client(sync_client=True)
-            client.__enter__()  # held open for the life of the process (released by uninstall)
-            if settings.client.server_version_check_enabled:
-                client.raise_for_api_version_mismatch_once()
-            entry = (settings, client)
-            with self._lock:
-                self._clients[id(settings)] = entry
-        return entry[1]
+        return shared_client()
 
     @staticmethod
     @contextmanager

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from typing import Any, ClassVar
 
+from scalegroups.api_clients import shared_api_clients
 from scalegroups.artifacts import flush_all
 from scalegroups.caching import prepared
 from scalegroups.checkpoints import checkpointing
@@ -128,6 +129,7 @@ class EngineRunnerMixin:
         self._scalegroups_stack = stack
         try:
             stack.enter_context(self.quiet_logs())  # set as the engine starts, restored after it stops
+            stack.enter_context(shared_api_clients())  # closed last: after the final progress artifacts
             stack.enter_context(end_flow_runs_without_heartbeat_join())
             stack.enter_context(known_blocks_without_collections())
             if self.uses_worker_processes:
