@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 ENGINES = ["thread", "process", "dask", "ray"]
 SHARED = ["raw", "prefect", "scalegroups"]
 USER = ["prefect-user", "scalegroups-user"]
-FULL = {"repeats": 3, "trivial": 200, "cpu_seconds": 0.6, "items": 10_000, "prefect_items": 200, "megabytes": 50}
-QUICK = {"repeats": 1, "trivial": 20, "cpu_seconds": 0.05, "items": 500, "prefect_items": 20, "megabytes": 2}
+FULL = dict(repeats=3, user_repeats=3, trivial=200, cpu_seconds=0.6, items=10_000, prefect_items=200, megabytes=50)
+QUICK = dict(repeats=1, user_repeats=1, trivial=20, cpu_seconds=0.05, items=500, prefect_items=20, megabytes=2)
 
 
 def machine() -> dict[str, str]:
@@ -150,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         for engine in args.engines.split(","):
             results[engine] = {}
             for config in configs:
+                if config in USER:
+                    results[engine][config] = run_as_user(engine, config, cfg, workdir, burn_fn)
+                    continue
                 home = workdir / f"home-{engine}-{config}"
                 env = clean_env(PREFECT_HOME=str(home), **servers.get(config, {}))
                 t0 = time.perf_counter()
@@ -186,6 +189,30 @@ def main(argv: list[str] | None = None) -> int:
         draw_all(results, startup, serial, Path(args.output).parent)
     print(report)
     return 0
+
+
+def run_as_user(engine: str, config: str, cfg: dict, workdir: Path, burn_fn) -> dict[str, list] | str:
+    """`user_repeats` runs as a user (a fresh process and home each), each first round paired with
+    the same 8 tasks run serially just before and just after it: its speedup is against their mean.
+    A run that fails is listed; the others stand."""
+    pooled: dict[str, list] = {}
+    failed: list[str] = []
+    for turn in range(cfg["user_repeats"]):
+        env = clean_env(PREFECT_HOME=str(workdir / f"home-{engine}-{config}-{turn}"))
+        before = _serial_cpu(cfg, burn_fn)
+        t0 = time.perf_counter()
+        run = run_one(engine, config, cfg, env)
+        print(f"{engine:8} {config:17} {time.perf_counter() - t0:6.1f} s", flush=True)
+        serial = (before + _serial_cpu(cfg, burn_fn)) / 2
+        if isinstance(run, str):
+            failed.append(run)
+            continue
+        run["first_speedup"] = [serial / run["cpu_first"][0]]
+        run["serial_paired"] = [serial]
+        pooled = {name: pooled.get(name, []) + list(values) for name, values in run.items()}
+    if not pooled:
+        return failed[0]
+    return {**pooled, "failed": failed} if failed else pooled
 
 
 def measure_progress(
