@@ -30,8 +30,11 @@ def _versions() -> dict[str, str | None]:
 
 
 def _set_selection(args: argparse.Namespace) -> None:
+    """The command line's choices, as the variables a flow reads when it is called."""
     if getattr(args, "runner", None):
-        os.environ["SCALEGROUPS_RUNNER"] = args.runner
+        from scalegroups.runners import checked_runner_name
+
+        os.environ["SCALEGROUPS_RUNNER"] = checked_runner_name(args.runner, "--runner")
     if getattr(args, "profile", None):
         os.environ["SCALEGROUPS_PROFILE"] = args.profile
 
@@ -83,10 +86,11 @@ def _pools(profile: str | None) -> dict[str, dict[str, Any]]:
 
 def cmd_info(args: argparse.Namespace) -> int:
     """Print the runner, profile and address that a flow call would use now, and versions."""
-    from scalegroups.runners import resolve_runner
+    from scalegroups.runners import checked_runner_name, resolve_runner
     from scalegroups.server import planned_api
 
-    info = resolve_runner(args.runner, profile=args.profile).describe()
+    runner = checked_runner_name(args.runner, "--runner") if args.runner else None
+    info = resolve_runner(runner, profile=args.profile).describe()
     api_url, api_source = planned_api()
     info["prefect_api_url"] = api_url
     info["prefect_api_source"] = api_source

@@ -113,15 +113,19 @@ def _address(
     return str(address), source
 
 
+def checked_runner_name(name: Any, source: str) -> str:
+    """`name` normalised, or a ConfigurationError naming where it came from and the valid runners."""
+    name = str(name).strip().lower()
+    if name not in ENGINES:
+        raise ConfigurationError(f"unknown runner {name!r} (from {source}); valid runners: " + ", ".join(RUNNER_NAMES))
+    return name
+
+
 def resolve_runner(runner: str | None = None, *, profile: str | None = None, **overrides: Any) -> RunnerSpec:
     """Decide runner, profile section and options from arguments, environment and profile."""
     env = read_env()
     name, runner_source = _pick(runner, env.runner, "SCALEGROUPS_RUNNER", DEFAULT_RUNNER)
-    name = str(name).strip().lower()
-    if name not in ENGINES:
-        raise ConfigurationError(
-            f"unknown runner {name!r} (from {runner_source}); valid runners: " + ", ".join(RUNNER_NAMES)
-        )
+    name = checked_runner_name(name, runner_source)
     engine = ENGINES[name]
     profile_name, profile_source = _pick(profile, env.profile, "SCALEGROUPS_PROFILE", DEFAULT_PROFILE)
     loaded = load_profile(str(profile_name))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from helpers import processes_with_marker, run_python
 
 
@@ -42,11 +43,12 @@ def test_profiles_lists_and_validates(tmp_path):
     assert out.returncode == 1 and "INVALID" in out.stdout and "line 2" in out.stdout
 
 
-def test_unknown_runner_is_one_line():
-    out, _ = run_python(["-m", "scalegroups.cli", "info", "--runner", "spark"])
+@pytest.mark.parametrize("command", [["info"], ["run", "examples/seed.py:main"]])
+def test_unknown_runner_is_one_line_naming_the_option(command):
+    out, _ = run_python(["-m", "scalegroups.cli", *command, "--runner", "spark"])
     assert out.returncode == 2
     assert out.stderr.strip() == (
-        "scalegroups: error: unknown runner 'spark' (from argument); valid runners: thread, process, dask, ray"
+        "scalegroups: error: unknown runner 'spark' (from --runner); valid runners: thread, process, dask, ray"
     )
 
 
