@@ -628,12 +628,89 @@ def _keyed_client_class(base: type) -> type:
         from prefect.tasks import Task
 
         def submit(self: Any, func: Any, *args: Any, key: Any = None, **kwargs: Any) -> Any:
-            if key is None and isinstance(func, Task):
+            if not isinstance(func, Task):
+                return base.submit(self, func, *args, key=key, **kwargs)
+            if key is None:
                 key = f"{getattr(func.fn, '__name__', 'task')}-{uuid.uuid4().hex}"
-            return base.submit(self, func, *args, key=key, **kwargs)
+            return _submit_prefect_task_to_dask(self, func, args, key=key, **kwargs)
 
         _keyed_classes[base] = type(base.__name__, (base,), {"submit": submit, "_scalegroups_keyed": True})
     return _keyed_classes[base]
+
+
+def _submit_prefect_task_to_dask(client: Any, task: Any, args: tuple[Any, ...], *, key: Any, **kwargs: Any) -> Any:
+    """What `PrefectDaskClient.submit` does for a Prefect task (prefect-dask 0.3), except that Dask
+    is given the module-level `run_prefect_task_on_dask` instead of a new closure per call.
+
+    The closure (`functools.wraps(task)` around the task) was pickled by value on every submit,
+    with the task in its cell, in its `__dict__` (copied there by `wraps`) and in the keyword
+    arguments: three copies of the task and a code object per task run, and the worker rebuilt
+    the function each time. `tests/test_prefect_compat.py` pins the source mirrored here.
+    """
+    from distributed import Client, Future
+    from prefect.context import serialize_context
+    from prefect.utilities.callables import get_call_parameters
+    from prefect.utilities.engine import collect_task_run_inputs_sync
+
+    task_run_id = uuid.uuid4()
+    passed_dependencies = kwargs.pop("dependencies", None)
+    wait_for = kwargs.pop("wait_for", None)
+    return_type = kwargs.pop("return_type", "result")
+    parameters = kwargs.get("parameters")
+    if parameters is None:
+        parameters = get_call_parameters(task, args, kwargs)  # the client used without the task runner
+    dependencies = {k: collect_task_run_inputs_sync(v, future_cls=Future) for k, v in parameters.items()}
+    if passed_dependencies:
+        dependencies = {k: v.union(passed_dependencies.get(k, set())) for k, v in dependencies.items()}
+    context = serialize_context(
+        asset_ctx_kwargs={
+            "task": task,
+            "task_run_id": task_run_id,
+            "task_inputs": dependencies,
+            "copy_to_child_ctx": True,
+        }
+    )
+    dask_options = {name: kwargs[name] for name in _DASK_SUBMIT_OPTIONS if name in kwargs}
+    future = Client.submit(
+        client,
+        run_prefect_task_on_dask,
+        key=key,
+        **dask_options,
+        task=task,
+        task_run_id=task_run_id,
+        wait_for=wait_for,
+        return_type=return_type,
+        parameters=parameters,
+        dependencies=dependencies,
+        context=context,
+    )
+    future.task_run_id = task_run_id
+    return future
+
+
+#: the keyword arguments of `distributed.Client.submit` that `PrefectDaskClient.submit` passes on
+_DASK_SUBMIT_OPTIONS = (
+    "workers",
+    "resources",
+    "retries",
+    "priority",
+    "fifo_timeout",
+    "allow_other_workers",
+    "actor",
+    "actors",
+    "pure",
+)
+
+
+def run_prefect_task_on_dask(*, task: Any, **run_task_kwargs: Any) -> Any:
+    """On a Dask worker: run one Prefect task run (what prefect-dask's per-call closure did)."""
+    from prefect.task_engine import run_task_async, run_task_sync
+
+    if task.isasync:
+        import asyncio
+
+        return asyncio.run(run_task_async(task=task, **run_task_kwargs))
+    return run_task_sync(task=task, **run_task_kwargs)
 
 
 class RayRemoteFunctions:

@@ -410,6 +410,51 @@ def test_dask_submissions_are_keyed_without_tokenizing(scalegroups_task_runner):
     assert len(set(keys)) == 4
 
 
+DASK_SUBMIT_DIGEST = "ca47dee6b94af8dd"  # sha256 of PrefectDaskClient.submit's source (prefect-dask 0.3.7)
+
+
+def test_prefect_dask_submit_is_the_one_we_mirror():
+    import hashlib
+
+    from prefect_dask.client import PrefectDaskClient
+
+    digest = hashlib.sha256(inspect.getsource(PrefectDaskClient.submit).encode()).hexdigest()[:16]
+    assert digest == DASK_SUBMIT_DIGEST, (
+        "prefect-dask changed PrefectDaskClient.submit: review prefect_compat._submit_prefect_task_to_dask, "
+        "which mirrors it, then update DASK_SUBMIT_DIGEST"
+    )
+
+
+@task
+async def async_double(x: int) -> int:
+    return 2 * x
+
+
+@pytest.mark.scalegroups_runners("dask")
+def test_dask_runs_prefect_tasks_through_one_module_level_function(scalegroups_task_runner, monkeypatch):
+    import pickle
+
+    import distributed
+
+    shipped = []
+    real_submit = distributed.Client.submit
+
+    def recording_submit(self, func, *args, **kwargs):
+        shipped.append(func)
+        return real_submit(self, func, *args, **kwargs)
+
+    monkeypatch.setattr(distributed.Client, "submit", recording_submit)
+
+    @flow(task_runner=scalegroups_task_runner)
+    def sync_and_async() -> list:
+        futures = [double.submit(1), async_double.submit(2), double.submit(3, wait_for=[double.submit(0)])]
+        return [(f.result(), f.state.name) for f in futures]
+
+    assert sync_and_async() == [(2, "Completed"), (4, "Completed"), (6, "Completed")]
+    assert shipped and all(func is compat.run_prefect_task_on_dask for func in shipped)
+    assert len(pickle.dumps(compat.run_prefect_task_on_dask)) < 100  # by reference, not by value
+
+
 @task
 def hooks_installed_here() -> bool:
     return compat.worker_hooks_installed()
