@@ -91,7 +91,9 @@ def header(cfg: dict, machine: dict, elapsed: float, quick: bool) -> list[str]:
         " local Ray); **prefect** = hand-written Prefect (`task.submit`, the stock runner) against a local"
         " Prefect server with Prefect's own settings; **scalegroups** = the same work through"
         " `make_task_runner`, groups, `fan_out` and `share`, against a lean local server as scalegroups starts"
-        " one; **…-user** = as a user runs a flow file: no `PREFECT_API_URL`, a fresh `PREFECT_HOME`.",
+        " one; **…-user** = as a user runs a flow file: no `PREFECT_API_URL`, a fresh `PREFECT_HOME`."
+        " Every configuration logs at Prefect's default level (INFO): each task run's log lines are"
+        " printed and sent to the API.",
         "",
     ]
 

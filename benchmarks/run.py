@@ -60,9 +60,12 @@ def machine() -> dict[str, str]:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """This environment without Prefect's API settings or scalegroups' choices, plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "SCALEGROUPS_"))}
-    env.update(PYTHONPATH=str(ROOT), PREFECT_LOGGING_LEVEL="WARNING", PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    """This environment without Prefect's API and logging settings or scalegroups' choices, plus
+    `extra`. Logging stays at Prefect's default (INFO): every task run's "Finished" line is printed
+    and sent to the API, as a user's would be."""
+    dropped = ("PREFECT_API", "PREFECT_LOGGING_", "SCALEGROUPS_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(dropped)}
+    env.update(PYTHONPATH=str(ROOT), PREFECT_SERVER_ANALYTICS_ENABLED="false")
     env.update(extra)
     return env
 
