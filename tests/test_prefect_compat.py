@@ -7,8 +7,11 @@ worker processes, and pickling stands in for the wire.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import io
 import json
+import logging
 import pickle
 import subprocess
 import sys
@@ -408,6 +411,33 @@ def test_dask_submissions_are_keyed_without_tokenizing(scalegroups_task_runner):
     assert results == [0, 2, 4, 6] and keyed
     assert all(re.fullmatch(r"double-[0-9a-f]{32}", key) for key in keys), keys
     assert len(set(keys)) == 4
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def _printed(stream: io.StringIO, plain_scope: bool) -> tuple[str, bool | None]:
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    handler = PrefectConsoleHandler(stream=stream)
+    handler.setFormatter(logging.Formatter("%(asctime)s | %(levelname)-7s | Task run %(name)r - %(message)s"))
+    record = logging.LogRecord("double-0a1", logging.INFO, __file__, 1, "Finished in state %s", ("Completed()",), None)
+    record.created, record.msecs = 0.0, 0.0
+    with compat.plain_console_lines_off_a_terminal() if plain_scope else contextlib.nullcontext():
+        handler.handle(record)
+        handler.handle(record)  # the second line takes the decision made for the first
+    return stream.getvalue(), handler.__dict__.get("_scalegroups_plain")
+
+
+def test_console_lines_off_a_terminal_are_the_text_prefect_prints():
+    shipped, _ = _printed(io.StringIO(), plain_scope=False)
+    plain, decided = _printed(io.StringIO(), plain_scope=True)
+    assert decided is True and plain == shipped
+    assert plain.count("Finished in state Completed()\n") == 2
+    on_terminal, decided = _printed(_Terminal(), plain_scope=True)
+    assert decided is False and on_terminal == _printed(_Terminal(), plain_scope=False)[0]
 
 
 DASK_SUBMIT_DIGEST = "ca47dee6b94af8dd"  # sha256 of PrefectDaskClient.submit's source (prefect-dask 0.3.7)
