@@ -8,6 +8,7 @@ from typing import Any
 from prefect import Flow
 from prefect import flow as prefect_flow
 
+from scalegroups.errors import ScalegroupsError
 from scalegroups.prefect_compat import as_flow_subclass
 from scalegroups.runners import build_task_runner, resolve_runner
 from scalegroups.server import ensure_api
@@ -60,8 +61,11 @@ class CallTimeRunnerFlow(Flow):  # type: ignore[type-arg]
         if self._fixed_runner:
             ensure_api()
             return super().__call__(*args, **kwargs)
-        runner = build_task_runner(resolve_runner())
-        runner.preflight()  # a wrong address fails here, before the API or a flow run is touched
+        try:
+            runner = build_task_runner(resolve_runner())
+            runner.preflight()  # a wrong address fails here, before the API or a flow run is touched
+        except ScalegroupsError as exc:  # bad input: the message says it all; show the user's line, not ours
+            raise exc.with_traceback(None) from None
         ensure_api()
         configured = Flow.with_options(self, task_runner=runner)
         return configured(*args, **kwargs)

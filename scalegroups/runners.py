@@ -20,7 +20,7 @@ from prefect.task_runners import TaskRunner
 from pydantic import BaseModel, ValidationError
 
 from scalegroups.engines import ENGINES, RUNNER_NAMES, Engine
-from scalegroups.errors import ConfigurationError
+from scalegroups.errors import ConfigurationError, ScalegroupsError
 from scalegroups.profiles import load_profile, parse_storage
 from scalegroups.settings import read_env
 
@@ -187,7 +187,10 @@ def make_task_runner(runner: str | None = None, *, profile: str | None = None, *
     Without `PREFECT_API_URL`, this also chooses the Prefect API the flow and its workers will use
     (see `scalegroups.server.ensure_api`): Prefect's engine asks for one before any runner starts.
     """
-    built = build_task_runner(resolve_runner(runner, profile=profile, **overrides))
+    try:
+        built = build_task_runner(resolve_runner(runner, profile=profile, **overrides))
+    except ScalegroupsError as exc:  # bad input: the message says it all; show the user's line, not ours
+        raise exc.with_traceback(None) from None
     from scalegroups.server import ensure_api
 
     ensure_api()

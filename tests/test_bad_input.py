@@ -44,6 +44,18 @@ def test_unreachable_address_with_plain_prefect_flow(monkeypatch):
     assert time.monotonic() - started < 60
 
 
+def test_a_flow_file_with_an_unknown_runner_shows_the_users_line_and_the_message():
+    out, _ = run_python(["examples/seed.py"], env={"SCALEGROUPS_RUNNER": "spark"}, timeout=120)
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert lines[-1] == (
+        "scalegroups.errors.ConfigurationError: unknown runner 'spark' (from $SCALEGROUPS_RUNNER); "
+        "valid runners: thread, process, dask, ray"
+    )
+    frames = [line for line in lines if line.lstrip().startswith("File ")]
+    assert len(frames) <= 2 and "examples/seed.py" in frames[0], out.stderr  # the call, then our raise
+
+
 def test_cli_prints_one_line_and_leaks_nothing():
     port = closed_port()
     out, marker = run_python(
