@@ -492,11 +492,6 @@ class _WorkerHooks:
         return SettingsContext(profile=entry[1], settings=entry[2])
 
     @staticmethod
-    def _client() -> Any:
-        """This process's API client for the current settings (opened once, kept open)."""
-        return shared_client()
-
-    @staticmethod
     @contextmanager
     def _client_context(client: Any) -> Iterator[None]:
         """Make `client` the one `SyncClientContext.get_or_create()` finds, without entering or
@@ -522,7 +517,7 @@ class _WorkerHooks:
                 stack.enter_context(self._settings_context(part))
                 serialized_context = {**serialized_context, "settings_context": {}}
             if client is None:
-                client = self._client()
+                client = shared_client()  # this process's, for these settings (opened once)
                 stack.enter_context(self._client_context(client))
             stack.enter_context(original(serialized_context, client))
             yield
@@ -657,7 +652,8 @@ def as_flow_subclass(flow: Any, cls: type) -> Any:
 
 
 def dask_client_with_keys(client: Any) -> Any:
-    """Make prefect-dask's client name each Prefect submission's Dask key itself (no tokenize).
+    """Make prefect-dask's client name each Prefect submission's Dask key itself (no tokenize) and
+    run it through one module-level function (`_submit_prefect_task_to_dask`).
 
     Relies on `PrefectDaskClient.submit(func, ..., key=None, ...)` accepting a `key` and passing it
     on to `distributed.Client.submit`, and on the client keeping its state in `__dict__` so that a
