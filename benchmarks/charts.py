@@ -64,7 +64,7 @@ def speedup_chart(results: dict, serial: float, out: Path) -> Path:
     width = 0.26
     for i, (label, config, workload) in enumerate(series):
         if workload == "cpu_first":  # per run, against the serial time measured next to it
-            speeds = [statistics.median(f) if (f := first_round(results, e, config, serial)) else 0 for e in engines]
+            speeds = [statistics.median(f) if (f := first_round(results, e, config)) else 0 for e in engines]
         else:
             speeds = [0 if (v := median(results, e, config, workload)) is None else serial / v for e in engines]
         bars = ax.bar([j + (i - 1) * width for j in range(len(engines))], speeds, width, label=label)

@@ -40,13 +40,10 @@ def cpu_split(results: dict, engine: str, config: str) -> dict[str, float] | Non
     return split
 
 
-def first_round(results: dict, engine: str, config: str, serial: float) -> list[float]:
-    """Speedups of each measured first round: against the serial time measured next to that run
-    (`first_speedup`), else against the run's overall serial time."""
+def first_round(results: dict, engine: str, config: str) -> list[float]:
+    """Speedups of each measured first round, each against the serial time measured next to it."""
     found = entry(results, engine, config) or {}
-    if found.get("first_speedup"):
-        return sorted(found["first_speedup"])
-    return sorted(serial / t for t in found.get("cpu_first", []) if t)
+    return sorted(found.get("first_speedup", []))
 
 
 def first_round_cell(speeds: list[float]) -> str:
@@ -144,7 +141,7 @@ def speedup_table(results: dict, engines: list[str], cfg: dict, serial: float) -
     for e in engines:
         warm = [median(results, e, c, "cpu") for c in SHARED]
         cells = [fmt(None if v is None else serial / v) for v in warm]
-        cells += [first_round_cell(first_round(results, e, c, serial)) for c in ("prefect-user", "scalegroups-user")]
+        cells += [first_round_cell(first_round(results, e, c)) for c in ("prefect-user", "scalegroups-user")]
         lines.append(f"| {e} | " + " | ".join(cells) + " |")
     return lines
 
@@ -339,7 +336,7 @@ def targets(results: dict, engines: list[str], cfg: dict, serial: float, startup
         lines.append(
             check(None if server is None else server <= SERVER_MS, f"{e}: server {fmt(server, 1)} ms ≤ {SERVER_MS:g}")
         )
-        speeds = first_round(results, e, "scalegroups-user", serial)
+        speeds = first_round(results, e, "scalegroups-user")
         speed = statistics.median(speeds) if speeds else None
         lines.append(
             check(

@@ -211,7 +211,6 @@ def run_as_user(engine: str, config: str, cfg: dict, workdir: Path, burn_fn) -> 
             failed.append(run)
             continue
         run["first_speedup"] = [serial / run["cpu_first"][0]]
-        run["serial_paired"] = [serial]
         pooled = {name: pooled.get(name, []) + list(values) for name, values in run.items()}
     if not pooled:
         return failed[0]
