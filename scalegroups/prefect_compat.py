@@ -28,6 +28,9 @@ Why the patches exist (profiles on 2 cores, 200 trivial task runs in worker proc
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import re
 import threading
 import uuid
 import weakref
@@ -826,3 +829,53 @@ class RayRemoteFunctions:
 # - `TASK_SOURCE` gives the same key for a task before and after a cloudpickle round trip (the
 #   key computed in a worker process matches the one of the run before the crash).
 # ------------------------------------------------------------------------------------------------
+
+
+# ------------------------------------------------------------------------------------------------
+# 6. A local API server stops without a traceback for the flush Prefect cancels and retries
+#
+# Relies on: the task-run recorder's consumer (`prefect.server.services.task_run_recorder.consumer`)
+# cancelling its periodic flush when the service stops, its `flush()` logging
+# "Error flushing N events (N to retry, 0 dropped)" with the `CancelledError` on the module's logger
+# (`prefect.server.services.task_run_recorder`), putting the batch back on its queue, and the
+# consumer then flushing that queue once more before it returns.
+#
+# Why: when a flow file's process exits, the server it ran on stops within a second of the flow's
+# last events; in ~1 of 4 cold runs of `examples/seed.py` the recorder was writing its periodic
+# batch at that moment, and the user saw an ERROR with a 60-line traceback after a successful run.
+# Every task run and state was in the database afterwards: the final flush wrote the batch. Only
+# the first such report while the server stops is dropped; a second one (the final flush failing
+# too) is shown as Prefect logs it.
+# ------------------------------------------------------------------------------------------------
+
+TASK_RUN_RECORDER_LOGGER = "prefect.server.services.task_run_recorder"
+_ALL_RETRIED = re.compile(r"Error flushing (\d+) events \(\1 to retry, 0 dropped\)")
+
+
+class _FirstCancelledFlushRetried(logging.Filter):
+    """Drops the first report of a cancelled flush whose events were all put back to retry."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dropped: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if self.dropped or not isinstance(error, asyncio.CancelledError):
+            return True
+        if not _ALL_RETRIED.fullmatch(record.getMessage()):
+            return True
+        self.dropped.append(record)
+        return False
+
+
+@contextmanager
+def cancelled_flush_retried_quietly() -> Iterator[_FirstCancelledFlushRetried]:
+    """While a local server stops: no ERROR for the recorder batch Prefect cancels and retries."""
+    quiet = _FirstCancelledFlushRetried()
+    recorder_logger = logging.getLogger(TASK_RUN_RECORDER_LOGGER)
+    recorder_logger.addFilter(quiet)
+    try:
+        yield quiet
+    finally:
+        recorder_logger.removeFilter(quiet)

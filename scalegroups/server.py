@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from scalegroups.errors import ConfigurationError, ScalegroupsError
-from scalegroups.prefect_compat import call_at_thread_shutdown
+from scalegroups.prefect_compat import call_at_thread_shutdown, cancelled_flush_retried_quietly
 
 STATE_FILE = "scalegroups-server.json"
 READY_TIMEOUT_S = 180.0
@@ -315,10 +315,11 @@ class InProcessServer:
     def stop(self) -> None:
         """Stop serving (after a graceful shutdown that lets the services flush)."""
         server, thread = self._server, self._thread
-        if server is not None:
-            server.should_exit = True
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=30)
+        with cancelled_flush_retried_quietly():
+            if server is not None:
+                server.should_exit = True
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(timeout=30)
         with suppress(OSError):
             self._socket.close()
 
