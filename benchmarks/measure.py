@@ -85,6 +85,12 @@ class CpuMeter:
         return wall, {k: (after[k] - before[k]) * 1000 / tasks for k in before}
 
 
+def warm_up_loops(cfg: dict) -> int:
+    """Loops of a ~0.1 s CPU task: a few of them, 2 per worker, give every worker a task before the
+    trivial tasks are measured (a worker's start-up is a cost per worker, not per task run)."""
+    return max(1, cfg["loops"] // 6)
+
+
 def repeat(times: int, fn: Callable[[], Any]) -> list[float]:
     timings = []
     for _ in range(times):
@@ -174,6 +180,7 @@ def run_raw(engine: str, cfg: dict) -> dict:
     raw = RawEngine(engine)
     raw.gather([raw.submit(w.noop_fn, 0)])
     out: dict[str, list] = {"first_result": [time.perf_counter() - started], "trivial": [], "trivial_cpu": []}
+    raw.gather([raw.submit(w.burn_fn, warm_up_loops(cfg)) for _ in range(2 * WORKERS)])
     for _ in range(cfg["repeats"]):
         wall, cpu = meter.per_task(
             lambda: raw.gather([raw.submit(w.noop_fn, i) for i in range(cfg["trivial"])]), cfg["trivial"]
@@ -226,6 +233,7 @@ def scalegroups_trivial(n: int) -> list:
 def prefect_body(cfg: dict, called_at: float) -> dict:
     w.noop.submit(0).result()
     out: dict[str, list] = {"first_result": [time.time() - called_at], "trivial": [], "trivial_cpu": []}
+    [f.result() for f in [w.burn.submit(warm_up_loops(cfg)) for _ in range(2 * WORKERS)]]
     meter = CpuMeter()
     for _ in range(cfg["repeats"]):
         wall, cpu = meter.per_task(lambda: prefect_trivial(cfg["trivial"]), cfg["trivial"])
@@ -318,9 +326,14 @@ def stop_latency(engine: str) -> float | None:
 
 
 def trivial_body(cfg: dict, called_at: float) -> dict:
-    """Only the trivial tasks (the server-over-a-network rows, `benchmarks/remote.py`)."""
+    """Only the trivial tasks (the server-over-a-network rows, `benchmarks/remote.py`).
+
+    Every worker runs a task before the trivial tasks are measured (`warm_up_loops`): a Ray worker
+    that started with the first measured round spread its start-up (importing Prefect, 2-4 s of
+    CPU) over that round and the next, and the median counted it per task run."""
     w.one_noop(0).result()
     out: dict[str, list] = {"first_result": [time.time() - called_at], "trivial": [], "trivial_cpu": []}
+    [r.result() for r in w.one_burn.map(range(2 * WORKERS), loops=warm_up_loops(cfg))]
     meter = CpuMeter()
     for _ in range(cfg["repeats"]):
         wall, cpu = meter.per_task(lambda: scalegroups_trivial(cfg["trivial"]), cfg["trivial"])

@@ -100,8 +100,9 @@ def bookkeeping_table(results: dict, engines: list[str], cfg: dict) -> list[str]
     lines = [
         f"## (a) Bookkeeping: CPU per task run, {n} trivial tasks (one group run each)",
         "",
-        "CPU ms per task run, summed over every process of its kind, measured until the API server has"
-        " recorded everything: **flow** = the flow's process (with Dask's scheduler, which runs there),"
+        "CPU ms per task run, summed over every process of its kind, measured after every worker has run a"
+        " task (a worker's start-up is in (e) and (f)) and until the API server has recorded everything:"
+        " **flow** = the flow's process (with Dask's scheduler, which runs there),"
         " **workers** = every process it started (engine workers, Ray's raylet and GCS), **server** = the"
         " Prefect API server. **bookkeeping** = total − the raw engine's own total. Wall = ms per task.",
         "",
