@@ -42,8 +42,15 @@ def _attempt(args: list[str], env: dict[str, str]) -> float | str:
     try:
         return _time(args, env)
     except (RuntimeError, subprocess.TimeoutExpired) as exc:
-        lines = [line for line in str(exc).splitlines() if line.strip()]
-        return lines[-1][-160:] if lines else type(exc).__name__
+        return _why(str(exc)) or type(exc).__name__
+
+
+def _why(output: str) -> str:
+    """The line of a failed run's output that says why: the last error or exception line, else
+    the last line (Prefect logs its temporary server's stop after the error that caused it)."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    errors = [line for line in lines if "Error" in line or "Exception" in line or "| ERROR" in line]
+    return (errors or lines or [""])[-1][-160:]
 
 
 def measure_startup(workdir: Path, repeats: int, env: dict[str, str]) -> dict[str, float | str]:
