@@ -7,6 +7,7 @@ worker processes, and pickling stands in for the wire.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
 import io
@@ -568,78 +569,35 @@ def test_task_source_key_survives_a_pickle_round_trip():
 # ------------------------------------- 6. a local server stops without the cancelled flush's traceback
 
 
-class _Message:
-    """What the recorder's consumer reads from Prefect's messaging: the event's JSON in `data`."""
+def _recorder_stopped_during_a_flush(*args: str) -> dict:
+    """tests/recorder_flush_stop.py in a child process (it replaces the recorder's database write)."""
+    out, _ = run_python(["tests/recorder_flush_stop.py", *args], timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
-    def __init__(self, data: str) -> None:
-        self.data = data
-        self.attributes: dict[str, str] = {}
+
+def test_prefect_reports_a_flush_its_stop_cancels_and_writes_the_batch_again():
+    outcome = _recorder_stopped_during_a_flush()
+    assert outcome["writes"] == [1, 1], "the final flush no longer writes the batch the stop cancelled"
+    [report] = outcome["logged"]
+    assert report["cancelled"] and compat._ALL_RETRIED.fullmatch(report["message"]), report
 
 
-def _stop_the_recorder_during_a_periodic_flush(monkeypatch) -> tuple[list[int], list[logging.LogRecord]]:
-    """Run Prefect's task-run recorder consumer on one task-run event and stop it while its periodic
-    flush is writing. The write is the one piece replaced: a database write that has not returned
-    when the service stops (the race a local server's shutdown hits), then one that succeeds.
-    Returns the batch sizes written and what the recorder logged."""
-    import asyncio
-    import datetime
-    import uuid
-
-    from prefect.server.events.schemas.events import ReceivedEvent
-    from prefect.server.services import task_run_recorder as recorder
-
-    writes: list[int] = []
-    records: list[logging.LogRecord] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(record)
-
-    async def stop_during_a_flush() -> None:
-        writing = asyncio.Event()
-
-        async def write(events: list) -> None:
-            writes.append(len(events))
-            if len(writes) == 1:
-                writing.set()
-                await asyncio.Event().wait()  # cancelled by the service's stop
-
-        monkeypatch.setattr(recorder, "record_bulk_task_run_events", write)
-        event = ReceivedEvent(
-            occurred=datetime.datetime.now(datetime.UTC),
-            event="prefect.task-run.Completed",
-            resource={"prefect.resource.id": f"prefect.task-run.{uuid.uuid4()}", "prefect.orchestration": "client"},
-            id=uuid.uuid4(),
+def test_a_stopping_server_drops_only_the_first_report_of_a_retried_flush():
+    outcome = _recorder_stopped_during_a_flush("quiet")
+    assert outcome["writes"] == [1, 1] and outcome["logged"] == [] and outcome["dropped"] == 1
+    quiet = compat._FirstCancelledFlushRetried()
+    again = []
+    for _ in range(2):  # the final flush cancelled too: its report is shown
+        record = logging.LogRecord(
+            "x", logging.ERROR, __file__, 0, "Error flushing 3 events (3 to retry, 0 dropped)", None, None
         )
-        async with recorder.consumer(write_batch_size=100, flush_every=1) as handler:
-            await handler(_Message(event.model_dump_json()))
-            await asyncio.wait_for(writing.wait(), timeout=30)
-
-    keep = Keep(level=logging.DEBUG)
-    recorder_logger = logging.getLogger(compat.TASK_RUN_RECORDER_LOGGER)
-    recorder_logger.addHandler(keep)
-    try:
-        asyncio.run(stop_during_a_flush())
-    finally:
-        recorder_logger.removeHandler(keep)
-    return writes, [r for r in records if r.levelno >= logging.WARNING]
-
-
-def test_prefect_reports_a_flush_its_stop_cancels_and_writes_the_batch_again(monkeypatch):
-    import asyncio
-
-    writes, errors = _stop_the_recorder_during_a_periodic_flush(monkeypatch)
-    assert writes == [1, 1], "the final flush no longer writes the batch the stop cancelled"
-    assert len(errors) == 1 and isinstance(errors[0].exc_info[1], asyncio.CancelledError)
-    assert compat._ALL_RETRIED.fullmatch(errors[0].getMessage()), errors[0].getMessage()
-
-
-def test_a_stopping_server_drops_only_the_first_report_of_a_retried_flush(monkeypatch):
-    with compat.cancelled_flush_retried_quietly() as quiet:
-        writes, errors = _stop_the_recorder_during_a_periodic_flush(monkeypatch)
-        assert writes == [1, 1] and errors == [] and len(quiet.dropped) == 1
-        # a second cancelled flush (the final one failing too) is shown as Prefect logs it
-        again = logging.LogRecord("x", logging.ERROR, __file__, 0, quiet.dropped[0].msg, None, None)
-        again.exc_info = quiet.dropped[0].exc_info
-        assert quiet.filter(again)
-    assert quiet not in logging.getLogger(compat.TASK_RUN_RECORDER_LOGGER).filters
+        try:
+            raise asyncio.CancelledError
+        except asyncio.CancelledError:
+            record.exc_info = sys.exc_info()
+        again.append(quiet.filter(record))
+    assert again == [False, True]
+    with compat.cancelled_flush_retried_quietly() as scoped:
+        assert scoped in logging.getLogger(compat.TASK_RUN_RECORDER_LOGGER).filters
+    assert scoped not in logging.getLogger(compat.TASK_RUN_RECORDER_LOGGER).filters
