@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
@@ -26,6 +27,7 @@ from scalegroups.settings import engine_logs_enabled
 
 RAY_GCS_PORT = 6379
 RAY_CLIENT_PORT = 10001
+CLIENT_SERVER_ATTEMPTS = 3
 logger = logging.getLogger("scalegroups")
 
 
@@ -61,17 +63,21 @@ class RayRunner(EngineRunnerMixin, CachedRemoteRayTaskRunner):
         check_reachable(self.address, "Ray cluster", port, self.address_source)
 
     def _start(self) -> Any:
-        try:
-            return super()._start()
-        except ConnectionAbortedError as exc:
-            # Ray Client's proxy starts one server per client job; on a loaded head that start
-            # was seen to fail at once ("Initialization failure from server") and work when asked
-            # again. Once more, then the error stands.
-            if not str(self.address).startswith("ray://"):
-                raise
-            logger.warning("Ray Client at %s could not start this job's server (%s); once more", self.address, exc)
-            self._started = False
-            return super()._start()
+        # Ray Client's proxy starts one server process per client job; on a loaded head that
+        # start was seen to fail at once ("Initialization failure from server"), sometimes twice
+        # in a row, and work when asked again. Up to CLIENT_SERVER_ATTEMPTS, then the error stands.
+        for attempt in range(1, CLIENT_SERVER_ATTEMPTS + 1):
+            try:
+                return super()._start()
+            except ConnectionAbortedError as exc:
+                if not str(self.address).startswith("ray://") or attempt == CLIENT_SERVER_ATTEMPTS:
+                    raise
+                logger.warning(
+                    "Ray Client at %s could not start this job's server (%s); asking again", self.address, exc
+                )
+                self._started = False
+                time.sleep(attempt)  # the head is loaded: give its last server process time to go
+        raise AssertionError("unreachable")
 
     @staticmethod
     def _run_prefect_task(*upstream_refs: Any, **kwargs: Any) -> Any:
