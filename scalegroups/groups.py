@@ -7,6 +7,7 @@ know nothing about engines; they only see Prefect futures.
 
 from __future__ import annotations
 
+import collections
 import functools
 import queue
 import threading
@@ -20,6 +21,7 @@ from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture
 
 from scalegroups import limits as limits_module
+from scalegroups.batch_states import fetch_final_states
 from scalegroups.context import current_checkpoint, current_group, current_rates
 from scalegroups.errors import GroupTimeoutError, OrchestrationError
 from scalegroups.prefect_compat import final_state_if_local, known_final_state
@@ -209,6 +211,7 @@ class GroupRun:
             raise TimeoutError(f"group {self.group!r} (key {self.key!r}) not done after {timeout} s")
         if self._error is not None:
             raise self._error
+        fetch_final_states(self._distinct.values())  # one engine round trip for all, not one each
         for future in self._futures:
             if self._is_failure(future):
                 future.result()  # raises the task's original exception
@@ -379,16 +382,35 @@ def group(
 
 
 def as_completed(runs: Iterable[GroupRun], timeout: float | None = None) -> Iterator[GroupRun]:
-    """Yield each run as soon as all its futures are done; failed runs are yielded too."""
+    """Yield each run as soon as all its futures are done; failed runs are yielded too.
+
+    The runs that have finished by the time the next one is needed are yielded in the order they
+    finished, their tasks' states fetched from the engine together (one round trip for all of
+    them on Dask or Ray instead of one per task, see `scalegroups.batch_states`).
+    """
     pending = list(runs)
     finished: queue.SimpleQueue[GroupRun] = queue.SimpleQueue()
     for run in pending:
         run.add_done_callback(finished.put)
     deadline = None if timeout is None else time.monotonic() + timeout
+    ready: collections.deque[GroupRun] = collections.deque()
     for _ in range(len(pending)):
-        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if not ready:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                ready.append(finished.get(timeout=remaining))
+            except queue.Empty:
+                left = sum(not run.done() for run in pending)
+                raise TimeoutError(f"{left} of {len(pending)} group runs unfinished after {timeout} s") from None
+            _take_finished(finished, ready)
+        yield ready.popleft()
+
+
+def _take_finished(finished: queue.SimpleQueue[GroupRun], ready: collections.deque[GroupRun]) -> None:
+    """Move every run already finished into `ready` and fetch their tasks' states in one go."""
+    while True:
         try:
-            yield finished.get(timeout=remaining)
+            ready.append(finished.get_nowait())
         except queue.Empty:
-            left = sum(not run.done() for run in pending)
-            raise TimeoutError(f"{left} of {len(pending)} group runs unfinished after {timeout} s") from None
+            break
+    fetch_final_states(future for run in ready for future in run._distinct.values())

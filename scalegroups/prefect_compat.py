@@ -574,6 +574,16 @@ def known_final_state(future: Any) -> Any:
     return getattr(future, "_final_state", None)
 
 
+def keep_final_state(future: Any, state: Any) -> None:
+    """Give a Prefect future the final state fetched for it elsewhere (`scalegroups.batch_states`).
+
+    Relies on `PrefectFuture._final_state` being what `result()` and `state` of Prefect's Dask and
+    Ray futures read first, so they return it without asking their engine again (their `wait()`
+    asks again; scalegroups reads `known_final_state` before it waits).
+    """
+    future._final_state = state
+
+
 def final_state_if_local(future: Any) -> Any:
     """The final state of a done future if reading it needs no engine round trip, else None.
 

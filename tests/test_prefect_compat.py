@@ -384,6 +384,21 @@ def test_prefect_futures_keep_the_final_state_a_wait_fetched(scalegroups_task_ru
     assert got["kept"] is not None and got["kept"].is_completed() and got["is_prefects_own"]
 
 
+@pytest.mark.scalegroups_runners("dask", "ray")
+def test_a_kept_final_state_is_what_prefect_futures_answer_with(scalegroups_task_runner):
+    """`batch_states` hands a state fetched with others to its future: Prefect's Dask and Ray
+    futures must then answer `state` and `result()` from it, without their engine."""
+    from prefect.states import Completed
+
+    @flow(task_runner=scalegroups_task_runner)
+    def answers_from_kept_state() -> dict:
+        future = double.submit(2)
+        compat.keep_final_state(future, Completed(data=41))
+        return {"state": future.state.data, "result": future.result(), "known": compat.known_final_state(future).data}
+
+    assert answers_from_kept_state() == {"state": 41, "result": 41, "known": 41}
+
+
 @pytest.mark.scalegroups_runners("ray")
 def test_ray_submissions_share_one_remote_function(scalegroups_task_runner):
     @flow(task_runner=scalegroups_task_runner)
