@@ -385,8 +385,8 @@ def as_completed(runs: Iterable[GroupRun], timeout: float | None = None) -> Iter
     """Yield each run as soon as all its futures are done; failed runs are yielded too.
 
     The runs that have finished by the time the next one is needed are yielded in the order they
-    finished, their tasks' states fetched from the engine together (one round trip for all of
-    them on Dask or Ray instead of one per task, see `scalegroups.batch_states`).
+    finished, their tasks' states fetched together (on Dask one round trip for all of them instead
+    of one per task, see `scalegroups.batch_states`).
     """
     pending = list(runs)
     finished: queue.SimpleQueue[GroupRun] = queue.SimpleQueue()

@@ -577,9 +577,9 @@ def known_final_state(future: Any) -> Any:
 def keep_final_state(future: Any, state: Any) -> None:
     """Give a Prefect future the final state fetched for it elsewhere (`scalegroups.batch_states`).
 
-    Relies on `PrefectFuture._final_state` being what `result()` and `state` of Prefect's Dask and
-    Ray futures read first, so they return it without asking their engine again (their `wait()`
-    asks again; scalegroups reads `known_final_state` before it waits).
+    Relies on `PrefectFuture._final_state` being what `result()` and `state` of Prefect's Dask
+    future read first, so they return it without asking Dask again (its `wait()` asks again;
+    scalegroups reads `known_final_state` before it waits).
     """
     future._final_state = state
 

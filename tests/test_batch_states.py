@@ -1,4 +1,4 @@
-"""Final states of many finished futures fetched in one engine round trip (`scalegroups.batch_states`)."""
+"""Final states of many finished Dask futures fetched in one round trip (`scalegroups.batch_states`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import scalegroups
 from scalegroups.batch_states import fetch_final_states
 from scalegroups.prefect_compat import known_final_state
 
-ENGINE_FUTURES = ("dask", "ray")  # their futures fetch states from the engine; thread futures hold them
+BATCHED = ("dask",)  # thread futures hold their states; Ray's are fetched one by one (as cheap)
 
 
 @scalegroups.group
@@ -44,7 +44,7 @@ def fetch_after_all_done(items: list[int]) -> dict:
 def test_finished_futures_get_their_states_in_one_fetch(scalegroups_runner):
     got = fetch_after_all_done(list(range(6)))
     assert got["results"] == [2 * i for i in range(6)]
-    if scalegroups_runner in ENGINE_FUTURES:
+    if scalegroups_runner in BATCHED:
         assert got["before"] == 0, "nothing had read a state yet"
         assert got["kept"] == 6 and got["completed"] == 6
         assert got["again"] == 0, "states already held are not fetched again"
@@ -69,7 +69,7 @@ def stream_after_all_done(items: list[int]) -> dict:
     return {"held_after_first": held_after_first, "results": results, "failures": failures}
 
 
-@pytest.mark.scalegroups_runners("dask", "ray")
+@pytest.mark.scalegroups_runners("dask")
 def test_as_completed_fetches_the_states_of_every_finished_run_at_once(scalegroups_runner):
     got = stream_after_all_done(list(range(6)))
     assert got["held_after_first"] == 7, "all 7 task states should be fetched before the first run is read"

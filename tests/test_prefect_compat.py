@@ -384,10 +384,10 @@ def test_prefect_futures_keep_the_final_state_a_wait_fetched(scalegroups_task_ru
     assert got["kept"] is not None and got["kept"].is_completed() and got["is_prefects_own"]
 
 
-@pytest.mark.scalegroups_runners("dask", "ray")
+@pytest.mark.scalegroups_runners("dask")
 def test_a_kept_final_state_is_what_prefect_futures_answer_with(scalegroups_task_runner):
-    """`batch_states` hands a state fetched with others to its future: Prefect's Dask and Ray
-    futures must then answer `state` and `result()` from it, without their engine."""
+    """`batch_states` hands a state fetched with others to its future: Prefect's Dask future must
+    then answer `state` and `result()` from it, without asking Dask."""
     from prefect.states import Completed
 
     @flow(task_runner=scalegroups_task_runner)
