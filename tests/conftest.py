@@ -10,6 +10,9 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 _worker = os.environ.get("PYTEST_XDIST_WORKER")
 if _worker and os.environ.get("PREFECT_HOME"):
     os.environ["PREFECT_HOME"] = os.path.join(os.environ["PREFECT_HOME"], _worker)
+    # Prefect creates its home without parents and warns when it cannot (a clean checkout has no
+    # .prefect-test yet)
+    os.makedirs(os.environ["PREFECT_HOME"], exist_ok=True)
 
 # tests/compat/ drives upstream suites in their own pytest processes (`make test-compat`); it holds
 # no tests of ours, and `make test` must never import its binding plugin.

@@ -40,7 +40,12 @@ def markers(folder: Path) -> list[Path]:
 
 @pytest.mark.parametrize(
     "runner",
-    ["thread", "process", "dask", pytest.param("ray", marks=pytest.mark.slow)],  # ray: two private Rays start
+    [
+        "thread",  # in `make test`; the engine variants (20-60 s each) in `make test-resilience`
+        pytest.param("process", marks=pytest.mark.resilience),
+        pytest.param("dask", marks=pytest.mark.resilience),
+        pytest.param("ray", marks=[pytest.mark.slow, pytest.mark.resilience]),  # ray: two private Rays start
+    ],
 )
 def test_killed_run_called_again_reruns_only_what_had_not_finished(runner, request, tmp_path, scalegroups_prefect_api):
     selected(request, runner)

@@ -22,6 +22,7 @@ from netns import Hosts, unavailable_reason
 REASON = unavailable_reason()
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.resilience,
     pytest.mark.skipif(REASON is not None, reason=f"no test hosts: {REASON}"),
 ]
 
@@ -242,7 +243,18 @@ def test_ray_across_hosts_survives_a_host_cut_off(make_hosts, tmp_path, ray_temp
     }
     ready = hosts.run("flow", [str(BIN / "scalegroups"), "wait", "--timeout", "180"], flow_env, timeout=200)
     assert ready.returncode == 0, ready.stderr + (tmp_path / "head.log").read_text()[-2000:]
-    run_cut_and_check(hosts, tmp_path, flow_env, kill=True)
+    try:
+        run_cut_and_check(hosts, tmp_path, flow_env, kill=True)
+    except (AssertionError, pytest.fail.Exception) as exc:
+        raise AssertionError(f"{exc}\n{ray_client_server_logs(temp['sched'])}") from None
+
+
+def ray_client_server_logs(temp_dir: str) -> str:
+    """The ends of the head's Ray Client server logs (the proxy's and each job's): why a job's
+    server did not start is only written there."""
+    logs = sorted(Path(temp_dir).glob("session_*/logs/ray_client_server*"))
+    parts = [f"--- {log.name}:\n{log.read_text(errors='replace')[-1500:]}" for log in logs if log.stat().st_size]
+    return "\n".join(parts) or f"(no Ray Client server logs under {temp_dir})"
 
 
 def start_ray_node(hosts: Hosts, worker: str, command: list[str], env: dict[str, str], tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ def answers(url: str) -> bool:
 
 
 # thread: no engine process; its one check, the flow's own API server going, is made on every runner here
+@pytest.mark.resilience
 @pytest.mark.parametrize("runner", ["process", "dask", "ray"])
 def test_sigkilled_flow_leaves_no_process_and_no_server(runner, request, tmp_path):
     names = [n.strip() for n in request.config.getoption("--scalegroups-runners").split(",")]
