@@ -27,7 +27,7 @@ from scalegroups.settings import engine_logs_enabled
 
 RAY_GCS_PORT = 6379
 RAY_CLIENT_PORT = 10001
-CLIENT_SERVER_ATTEMPTS = 3
+CLIENT_SERVER_ATTEMPTS = 5  # 1, 2, 4 and 8 s apart: 15 s in all before the error stands
 logger = logging.getLogger("scalegroups")
 
 
@@ -64,8 +64,9 @@ class RayRunner(EngineRunnerMixin, CachedRemoteRayTaskRunner):
 
     def _start(self) -> Any:
         # Ray Client's proxy starts one server process per client job; on a loaded head that
-        # start was seen to fail at once ("Initialization failure from server"), sometimes twice
-        # in a row, and work when asked again. Up to CLIENT_SERVER_ATTEMPTS, then the error stands.
+        # start was seen to fail at once ("Initialization failure from server"), twice in a row
+        # here and three times, 3 s in all, in CI, and work when asked again later. Up to
+        # CLIENT_SERVER_ATTEMPTS, waiting twice as long each time, then the error stands.
         for attempt in range(1, CLIENT_SERVER_ATTEMPTS):
             try:
                 return super()._start()
@@ -76,7 +77,7 @@ class RayRunner(EngineRunnerMixin, CachedRemoteRayTaskRunner):
                     "Ray Client at %s could not start this job's server (%s); asking again", self.address, exc
                 )
                 self._started = False
-                time.sleep(attempt)  # the head is loaded: give its last server process time to go
+                time.sleep(2 ** (attempt - 1))  # the head is loaded: give it time
         return super()._start()
 
     @staticmethod
