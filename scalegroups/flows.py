@@ -11,7 +11,7 @@ from prefect import flow as prefect_flow
 from scalegroups.errors import ScalegroupsError
 from scalegroups.prefect_compat import as_flow_subclass
 from scalegroups.runners import build_task_runner, resolve_runner
-from scalegroups.server import ensure_api
+from scalegroups.server import ensure_api, start_local_server_now
 
 
 def _scalegroups_env() -> tuple[tuple[str, str], ...]:
@@ -68,7 +68,23 @@ class CallTimeRunnerFlow(Flow):  # type: ignore[type-arg]
             raise exc.with_traceback(None) from None
         ensure_api()
         configured = Flow.with_options(self, task_runner=runner)
-        return configured(*args, **kwargs)
+        if not self._starts_engine_early(runner):
+            return configured(*args, **kwargs)
+        try:
+            return configured(*args, **kwargs)
+        finally:
+            runner.close_if_unused()
+
+    def _starts_engine_early(self, runner: Any) -> bool:
+        """Start the engine's worker processes while this process's local API server starts, not
+        after it: a flow file's first run would otherwise wait for one, then the other. Only for a
+        sync top-level call, where the flow runs (and ends the runner) before the call returns."""
+        from prefect.context import FlowRunContext
+
+        generator = getattr(self, "isgenerator", False)  # its body runs after the call returns
+        if self.isasync or generator or FlowRunContext.get() is not None or not runner.starts_workers_on_enter:
+            return False
+        return start_local_server_now() and runner.start_early()
 
 
 def flow(fn: Any = None, /, **options: Any) -> Any:

@@ -263,6 +263,10 @@ class InProcessServer:
                 self._thread = threading.Thread(target=self._run, name="scalegroups-api", daemon=True)
                 self._thread.start()
 
+    def is_ready(self) -> bool:
+        """True once the server answers (or failed to start)."""
+        return self._ready.is_set()
+
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
         """Block until the server answers requests (or raise why it could not start)."""
         self.start()
@@ -510,6 +514,16 @@ def ensure_api(*, eager: bool = False) -> str:
     if eager:
         _in_process.wait_ready()
     return _in_process.url
+
+
+def start_local_server_now() -> bool:
+    """If this process's API is its own in-process server and that has not started yet, start it
+    now (in its thread) and return True; False for any other API."""
+    server = _in_process
+    if server is None or server.url != configured_api_url() or server.is_ready():
+        return False
+    server.start()
+    return True
 
 
 def planned_api() -> tuple[str | None, str]:

@@ -41,6 +41,9 @@ class EngineRunnerMixin:
 
     #: True where tasks run in other processes (they need the flow's API and a shipped context)
     uses_worker_processes: ClassVar[bool] = True
+    #: True where entering the runner starts worker processes (a local cluster, a local Ray): a flow
+    #: file then starts it while its local API server starts (`start_early`)
+    starts_workers_on_enter: ClassVar[bool] = True
     #: where the address came from, for error messages (set by the factory)
     address_source: str = "arguments"
     #: True for a copy that travelled to a worker with a task: it starts on first submit
@@ -58,7 +61,13 @@ class EngineRunnerMixin:
 
     # ------------------------------------------------------------------ copies and pickling
     def duplicate(self) -> Any:
-        """Prefect runs a copy of the runner per flow run (and per task run in workers)."""
+        """Prefect runs a copy of the runner per flow run (and per task run in workers); once a
+        copy was started early (`start_early`), the next copy asked for is that one."""
+        early = self.__dict__.pop("_early_copy", None)
+        if early is not None:
+            early._early = "handed over"
+            self._early_handed = early
+            return early
         runner = super().duplicate()  # type: ignore[misc]
         runner.address_source = self.address_source
         runner._deferred = self._deferred
@@ -70,7 +79,8 @@ class EngineRunnerMixin:
         parent = getattr(super(), "__getstate__", None)
         state = dict(parent() if parent is not None else self.__dict__)
         state["_deferred"] = True  # only pickled copies travel to workers
-        state.pop("_scalegroups_stack", None)
+        for local_only in ("_scalegroups_stack", "_early", "_early_runner", "_early_copy", "_early_handed"):
+            state.pop(local_only, None)
         return state
 
     # ------------------------------------------------------------------------- engine hooks
@@ -116,7 +126,34 @@ class EngineRunnerMixin:
         return None
 
     # -------------------------------------------------------------------------- lifecycle
+    def start_early(self) -> bool:
+        """Start a copy's engine now, before Prefect creates the flow run, so that it starts while
+        the local API server does (each waits for the other otherwise). Prefect's next
+        `duplicate()` of this runner returns that started copy; `close_if_unused` ends it if no
+        flow run entered it. A failure is left for the normal start inside the flow run to
+        report: False."""
+        copy = self.duplicate()
+        try:
+            copy._early_runner = copy._start()
+        except Exception as exc:
+            logger.debug("early engine start failed; the flow run starts it: %r", exc)
+            return False
+        copy._early = "started"
+        self._early_copy = copy
+        return True
+
+    def close_if_unused(self) -> None:
+        """End the engine `start_early` started if no flow run entered it (the call failed first)."""
+        for name in ("_early_copy", "_early_handed"):
+            early = self.__dict__.pop(name, None)
+            if early is not None and early.__dict__.get("_early") in ("started", "handed over"):
+                early._early = None
+                early.__exit__(None, None, None)
+
     def __enter__(self) -> Any:
+        if self.__dict__.get("_early") == "handed over":
+            self._early = "entered"
+            return self._early_runner
         if self._deferred:
             self._started = True  # Prefect's "started" flag; the engine starts on first submit
             return self

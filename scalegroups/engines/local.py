@@ -21,6 +21,7 @@ class ThreadRunner(EngineRunnerMixin, ThreadPoolTaskRunner):
     """`ThreadPoolTaskRunner`: tasks run in threads of the flow's process."""
 
     uses_worker_processes = False
+    starts_workers_on_enter = False
 
     def parallelism(self) -> int:
         """Threads share one interpreter: for batching, count at most one per CPU."""
@@ -39,6 +40,8 @@ def setup_worker_process(initializer: Callable[..., None] | None = None, *initar
 
 class ProcessRunner(EngineRunnerMixin, ProcessPoolTaskRunner):
     """`ProcessPoolTaskRunner`: tasks run in spawned worker processes sharing the flow's API."""
+
+    starts_workers_on_enter = False  # the pool spawns its workers on the first submits
 
     def __init__(
         self,
