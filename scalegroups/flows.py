@@ -82,7 +82,7 @@ class CallTimeRunnerFlow(Flow):  # type: ignore[type-arg]
         from prefect.context import FlowRunContext
 
         generator = getattr(self, "isgenerator", False)  # its body runs after the call returns
-        if self.isasync or generator or FlowRunContext.get() is not None or not runner.starts_workers_on_enter:
+        if self.isasync or generator or FlowRunContext.get() is not None or not runner.starts_early:
             return False
         return start_local_server_now() and runner.start_early()
 

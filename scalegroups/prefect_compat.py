@@ -605,6 +605,12 @@ def pool_processes(executor: Any) -> list[Any]:
     return list((getattr(executor, "_processes", None) or {}).values())
 
 
+def runner_executor(runner: Any) -> Any:
+    """The executor of a started Prefect thread or process pool runner (None before it starts).
+    Relies on `_executor`."""
+    return getattr(runner, "_executor", None)
+
+
 def runner_pool_size(runner: Any) -> int:
     """Pool size of a Prefect thread or process pool runner. Relies on `_max_workers`."""
     return int(runner._max_workers)

@@ -23,7 +23,7 @@ def selected(request: pytest.FixtureRequest, runner: str) -> None:
         pytest.skip(f"{runner} not in --scalegroups-runners")
 
 
-@pytest.mark.parametrize("runner", ["dask", pytest.param("ray", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("runner", ["process", "dask", pytest.param("ray", marks=pytest.mark.slow)])
 def test_a_flow_files_engine_starts_early_and_is_the_one_its_flow_run_uses(runner, request, tmp_path):
     selected(request, runner)
     out, _ = run_python(
@@ -45,8 +45,7 @@ def test_with_a_running_server_the_engine_starts_inside_the_flow_run(request, tm
     assert result == {"early": None, "results": [0, 2, 4, 6]}
 
 
-# dask: its local cluster's worker processes are running by then (a process pool spawns on submit)
-@pytest.mark.parametrize("runner", ["dask"])
+@pytest.mark.parametrize("runner", ["process", "dask"])
 def test_a_call_refused_before_its_flow_run_leaves_no_engine_process(runner, request, tmp_path):
     selected(request, runner)
     out, _ = run_python(

@@ -293,6 +293,17 @@ def test_pool_processes_lists_a_process_pools_workers():
         assert [p.pid for p in compat.pool_processes(pool)] == [pid]
 
 
+def test_runner_executor_is_a_started_pools_executor():
+    from concurrent.futures import ProcessPoolExecutor
+
+    from prefect.task_runners import ProcessPoolTaskRunner
+
+    runner = ProcessPoolTaskRunner(max_workers=1)
+    assert compat.runner_executor(runner) is None
+    with runner:
+        assert isinstance(compat.runner_executor(runner), ProcessPoolExecutor)
+
+
 def test_runner_pool_size_reads_prefects_pools():
     from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 

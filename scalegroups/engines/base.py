@@ -41,9 +41,8 @@ class EngineRunnerMixin:
 
     #: True where tasks run in other processes (they need the flow's API and a shipped context)
     uses_worker_processes: ClassVar[bool] = True
-    #: True where entering the runner starts worker processes (a local cluster, a local Ray): a flow
-    #: file then starts it while its local API server starts (`start_early`)
-    starts_workers_on_enter: ClassVar[bool] = True
+    #: True where starting the runner early pays (`start_early`): it starts worker processes
+    starts_early: ClassVar[bool] = True
     #: where the address came from, for error messages (set by the factory)
     address_source: str = "arguments"
     #: True for a copy that travelled to a worker with a task: it starts on first submit
@@ -95,6 +94,9 @@ class EngineRunnerMixin:
         """While the runner runs, the engine's INFO chatter off (unless `SCALEGROUPS_ENGINE_LOGS=1`)."""
         return nullcontext()
 
+    def spawn_workers_now(self) -> None:
+        """Start the started runner's worker processes now if it would start them on demand."""
+
     def on_started(self, stack: ExitStack) -> None:
         """Engine-specific set-up after the engine started (e.g. worker plugins); undone by `stack`."""
 
@@ -135,6 +137,7 @@ class EngineRunnerMixin:
         copy = self.duplicate()
         try:
             copy._early_runner = copy._start()
+            copy.spawn_workers_now()
         except Exception as exc:
             logger.debug("early engine start failed; the flow run starts it: %r", exc)
             return False

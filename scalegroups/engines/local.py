@@ -10,7 +10,7 @@ from typing import Any
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
 from scalegroups.engines.base import EngineRunnerMixin
-from scalegroups.prefect_compat import install_worker_hooks, pool_processes, runner_pool_size
+from scalegroups.prefect_compat import install_worker_hooks, pool_processes, runner_executor, runner_pool_size
 from scalegroups.watchdog import exit_with_parent
 
 #: pool size the test plugin gives process runners (two workers, like its Dask cluster and Ray)
@@ -21,7 +21,7 @@ class ThreadRunner(EngineRunnerMixin, ThreadPoolTaskRunner):
     """`ThreadPoolTaskRunner`: tasks run in threads of the flow's process."""
 
     uses_worker_processes = False
-    starts_workers_on_enter = False
+    starts_early = False
 
     def parallelism(self) -> int:
         """Threads share one interpreter: for batching, count at most one per CPU."""
@@ -41,8 +41,6 @@ def setup_worker_process(initializer: Callable[..., None] | None = None, *initar
 class ProcessRunner(EngineRunnerMixin, ProcessPoolTaskRunner):
     """`ProcessPoolTaskRunner`: tasks run in spawned worker processes sharing the flow's API."""
 
-    starts_workers_on_enter = False  # the pool spawns its workers on the first submits
-
     def __init__(
         self,
         max_workers: int | None = None,
@@ -58,6 +56,14 @@ class ProcessRunner(EngineRunnerMixin, ProcessPoolTaskRunner):
     def on_started(self, stack: ExitStack) -> None:
         """Nothing beyond Prefect's pool: the initializer sets each worker process up."""
 
+    def spawn_workers_now(self) -> None:
+        """Have the pool spawn all its workers now (each imports Prefect as it starts), not one per
+        submitted task: a no-op per worker, not waited for."""
+        executor = runner_executor(self)
+        if executor is not None:
+            for _ in range(runner_pool_size(self)):
+                executor.submit(os.getpid)
+
     def __exit__(self, *exc_info: Any) -> None:
         # Prefect's exit waits for running tasks. When the flow ends with an error or Ctrl-C, those
         # tasks' results can no longer be used: end the worker processes instead of waiting for them.
@@ -67,7 +73,7 @@ class ProcessRunner(EngineRunnerMixin, ProcessPoolTaskRunner):
 
     def terminate_workers(self) -> None:
         """End the pool's worker processes now (running tasks are lost)."""
-        processes = pool_processes(getattr(self, "_executor", None))
+        processes = pool_processes(runner_executor(self))
         for process in processes:
             if process.is_alive():
                 process.terminate()
