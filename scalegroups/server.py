@@ -235,6 +235,7 @@ class InProcessServer:
         self._thread: threading.Thread | None = None
         self._server: Any = None
         self._ready = threading.Event()
+        self._stop_asked = threading.Event()  # a stop can come while the server is still starting
         self._failed: BaseException | None = None
         self.database = "not prepared"
         self._settings_defaults = server_setting_defaults()
@@ -287,6 +288,8 @@ class InProcessServer:
                 temporary_settings(set_defaults=self._settings_defaults),
             ):
                 self.database = prepare_database()
+                if self._stop_asked.is_set():  # stopped before it could serve: nothing to start
+                    return
                 with temporary_settings(set_defaults=startup_setting_defaults()):
                     server = self._make_server()
                     asyncio.run(self._serve(server))
@@ -313,11 +316,14 @@ class InProcessServer:
             self._ready.set()
 
         watcher = asyncio.create_task(mark_ready())
+        if self._stop_asked.is_set():  # stopped while starting: start, and end at once
+            server.should_exit = True
         await server.serve(sockets=[self._socket])
         watcher.cancel()
 
     def stop(self) -> None:
         """Stop serving (after a graceful shutdown that lets the services flush)."""
+        self._stop_asked.set()  # before reading _server: `_serve` sets it, then reads this
         server, thread = self._server, self._thread
         with cancelled_flush_retried_quietly():
             if server is not None:

@@ -48,3 +48,29 @@ def test_a_prepared_database_skips_block_registration_unless_its_marker_is_stale
     if marker == "as written":
         assert (home / "prefect.db.scalegroups-blocks").read_text() == blocks_fingerprint()
     assert processes_with_marker(tag) == []
+
+
+STOPPED_WHILE_STARTING = """
+import threading
+from scalegroups.server import InProcessServer
+
+server = InProcessServer()
+server.start()
+server.stop()
+print("ALIVE", [t.name for t in threading.enumerate() if t.name == "scalegroups-api"])
+"""
+
+
+@pytest.mark.parametrize("when", ["at once", "once its database is ready"])
+def test_a_server_stopped_while_it_starts_ends_its_thread(when, tmp_path):
+    # stop() waits up to 30 s for the server's thread; a stop that came before the server existed
+    # used to leave it starting and then serving, so that wait ran out at every exit
+    child = STOPPED_WHILE_STARTING
+    if when != "at once":
+        child = child.replace(
+            "server.start()",
+            "server.start()\nimport time\nwhile server.database == 'not prepared':\n    time.sleep(0.01)",
+        )
+    out, _ = run_python(["-c", child], {"PREFECT_HOME": str(tmp_path / "home")})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "ALIVE []" in out.stdout, out.stdout + out.stderr[-2000:]
