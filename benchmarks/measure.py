@@ -9,6 +9,8 @@ Configurations:
   lean local server as scalegroups starts one.
 - `prefect-user`, `scalegroups-user`: as a user runs a flow file: no `PREFECT_API_URL`, a fresh
   `PREFECT_HOME` (Prefect then starts its own temporary server(s); scalegroups its in-process one).
+  `scalegroups-user` is a `@scalegroups.flow` whose runner `SCALEGROUPS_RUNNER` names, as the
+  README writes flows (the others pass `task_runner=` to `prefect.flow`).
 
 Prints one line `RESULT <json>`: for each workload, a list of repeat measurements.
 """
@@ -350,7 +352,7 @@ def run_flow(engine: str, config: str, cfg: dict) -> dict:
     else:
         from scalegroups import make_task_runner
 
-        runner = make_task_runner(engine, max_workers=4 if engine == "thread" else WORKERS)
+        runner = make_task_runner(engine, max_workers=runner_pool_size(engine))
     body = {
         "prefect": prefect_body,
         "scalegroups": scalegroups_body,
@@ -358,8 +360,19 @@ def run_flow(engine: str, config: str, cfg: dict) -> dict:
         "scalegroups-user": user_body(grouped=True),
         "scalegroups-trivial": trivial_body,
     }[config]
-    bench_flow = flow(body, name=f"bench-{config}-{engine}", task_runner=runner)
+    if config == "scalegroups-user":
+        import scalegroups
+
+        os.environ.update(SCALEGROUPS_RUNNER=engine, SCALEGROUPS_MAX_WORKERS=str(runner_pool_size(engine)))
+        bench_flow = scalegroups.flow(name=f"bench-{config}-{engine}")(body)
+    else:
+        bench_flow = flow(body, name=f"bench-{config}-{engine}", task_runner=runner)
     return bench_flow({**cfg, "engine": engine}, time.time())
+
+
+def runner_pool_size(engine: str) -> int:
+    """Workers every scalegroups configuration runs with (threads: 4; processes, Dask, Ray: 2)."""
+    return 4 if engine == "thread" else WORKERS
 
 
 def main() -> None:
