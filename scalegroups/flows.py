@@ -68,12 +68,11 @@ class CallTimeRunnerFlow(Flow):  # type: ignore[type-arg]
             raise exc.with_traceback(None) from None
         ensure_api()
         configured = Flow.with_options(self, task_runner=runner)
-        if not self._starts_engine_early(runner):
-            return configured(*args, **kwargs)
+        self._starts_engine_early(runner)
         try:
             return configured(*args, **kwargs)
         finally:
-            runner.close_if_unused()
+            runner.close_if_unused()  # nothing to do unless it started early and no flow run took it
 
     def _starts_engine_early(self, runner: Any) -> bool:
         """Start the engine's worker processes while this process's local API server starts, not
