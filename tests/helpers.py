@@ -56,6 +56,15 @@ def submits_task(item: int) -> int:
     return double.submit(item).result()
 
 
+def selected(request, runner: str) -> None:
+    """Skip unless `runner` is among `--scalegroups-runners` (for tests that start their own engines)."""
+    import pytest
+
+    names = [n.strip() for n in request.config.getoption("--scalegroups-runners").split(",")]
+    if runner not in names:
+        pytest.skip(f"{runner} not in --scalegroups-runners")
+
+
 def eventually(probe, what: str, timeout: float = 60.0, interval: float = 0.2):
     """Call `probe()` until it returns something truthy (its result) or `timeout` passes (then fail).
 

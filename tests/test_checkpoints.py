@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from crash_flows import executions, fanned_items, noted_items
-from helpers import REPO, gone_within, kill_marked, marked_env
+from helpers import REPO, gone_within, kill_marked, marked_env, selected
 from prefect import task
 from prefect.cache_policies import INPUTS, NO_CACHE
 
@@ -25,13 +25,6 @@ from scalegroups.runners import build_task_runner, resolve_runner
 N_ITEMS = 40
 KILL_AFTER = 15  # marker files of the first run before its process group is killed
 MAX_SECOND_RUN = 27
-
-
-def selected(request: pytest.FixtureRequest, runner: str) -> None:
-    """Skip unless `runner` is among `--scalegroups-runners` (these tests start their own engines)."""
-    names = [n.strip() for n in request.config.getoption("--scalegroups-runners").split(",")]
-    if runner not in names:
-        pytest.skip(f"{runner} not in --scalegroups-runners")
 
 
 def markers(folder: Path) -> list[Path]:

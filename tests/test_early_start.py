@@ -9,18 +9,9 @@ any flow run exists leaves no engine process behind.
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
-from helpers import run_python
-
-sys.path.insert(0, "tests")
-
-
-def selected(request: pytest.FixtureRequest, runner: str) -> None:
-    names = [n.strip() for n in request.config.getoption("--scalegroups-runners").split(",")]
-    if runner not in names:
-        pytest.skip(f"{runner} not in --scalegroups-runners")
+from helpers import run_python, selected
 
 
 @pytest.mark.parametrize("runner", ["process", "dask", pytest.param("ray", marks=pytest.mark.slow)])
