@@ -17,8 +17,9 @@ them): the task-run recorder writes events in batches of 100 at least once a sec
 one database transaction per event (it was 75% of the server's CPU per task run), and the event
 persister and automation triggers are off (events are still streamed; they are not stored), and
 so is the server's anonymous usage report to Prefect (a network call at every start, logged as an
-ERROR on machines without internet access). Set `SCALEGROUPS_SERVER_SERVICES=full` for Prefect's
-defaults.
+ERROR on machines without internet access). A lean server also validates each event once and
+inserts each batch of task-run states with one cached statement (`prefect_compat`, section 7).
+Set `SCALEGROUPS_SERVER_SERVICES=full` for Prefect's defaults and code paths.
 
 A fresh `PREFECT_HOME` starts from a template database: Prefect's migrations and block
 registration take ~10 s on 2 cores, so the first server on a machine keeps a copy of the freshly
@@ -40,14 +41,14 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 from scalegroups.errors import ConfigurationError, ScalegroupsError
-from scalegroups.prefect_compat import call_at_thread_shutdown, cancelled_flush_retried_quietly
+from scalegroups.prefect_compat import call_at_thread_shutdown, cancelled_flush_retried_quietly, lean_server_hot_paths
 
 STATE_FILE = "scalegroups-server.json"
 READY_TIMEOUT_S = 180.0
@@ -83,6 +84,11 @@ def server_setting_defaults() -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------- database
+
+
+def _hot_paths() -> Any:
+    """The lean server's faster paths (`prefect_compat.lean_server_hot_paths`); none with full services."""
+    return lean_server_hot_paths() if lean_services() else nullcontext()
 
 
 def cache_dir() -> Path:
@@ -290,7 +296,7 @@ class InProcessServer:
                 self.database = prepare_database()
                 if self._stop_asked.is_set():  # stopped before it could serve: nothing to start
                     return
-                with temporary_settings(set_defaults=startup_setting_defaults()):
+                with temporary_settings(set_defaults=startup_setting_defaults()), _hot_paths():
                     server = self._make_server()
                     asyncio.run(self._serve(server))
         except BaseException as exc:  # reported by wait_ready
@@ -476,7 +482,7 @@ def serve(port: int, host: str = "127.0.0.1") -> None:
         print(f"database: {prepare_database()}", flush=True)
         from prefect.server.api.server import create_app
 
-        with temporary_settings(set_defaults=startup_setting_defaults()):
+        with temporary_settings(set_defaults=startup_setting_defaults()), _hot_paths():
             app = create_app(final=True)
             uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
 

@@ -627,3 +627,108 @@ def test_a_stopping_server_drops_only_the_first_report_of_a_retried_flush():
     with compat.cancelled_flush_retried_quietly() as scoped:
         assert scoped in logging.getLogger(compat.TASK_RUN_RECORDER_LOGGER).filters
     assert scoped not in logging.getLogger(compat.TASK_RUN_RECORDER_LOGGER).filters
+
+
+# --------------------------------------------------------------- 7. the lean server's hot paths
+
+
+def a_server_event():
+    """An event as the server's `/events/in` websocket validates it from a task run's client."""
+    import uuid
+
+    from prefect.server.events.schemas.events import Event
+
+    run, flow_run = uuid.uuid4(), uuid.uuid4()
+    return Event.model_validate(
+        {
+            "occurred": "2026-12-01T10:00:00.123456Z",
+            "event": "prefect.task-run.Completed",
+            "resource": {
+                "prefect.resource.id": f"prefect.task-run.{run}",
+                "prefect.resource.name": "group/step",
+                "prefect.orchestration": "client",
+            },
+            "related": [
+                {"prefect.resource.id": f"prefect.flow-run.{flow_run}", "prefect.resource.role": "flow-run"},
+                {"prefect.resource.id": "prefect.tag.group", "prefect.resource.role": "tag"},
+            ],
+            "payload": {"intended": {"from": "RUNNING", "to": "COMPLETED"}, "task_run": {"name": "group/step"}},
+            "id": str(uuid.uuid4()),
+            "follows": str(uuid.uuid4()),
+        }
+    )
+
+
+def test_a_received_event_is_the_one_prefect_builds():
+    from prefect.server.events.schemas.events import Event, ReceivedEvent
+    from prefect.types._datetime import now
+
+    assert set(ReceivedEvent.model_fields) == set(Event.model_fields) | {"received"}
+    original = Event.receive
+    event, received = a_server_event(), now("UTC")
+    expected = event.receive(received)
+    with compat.lean_server_hot_paths():
+        assert Event.receive is not original
+        ours, stamped_now = event.receive(received), event.receive()
+    assert Event.receive is original
+    assert type(ours) is ReceivedEvent
+    assert ours.model_dump() == expected.model_dump()
+    assert ours.model_fields_set == expected.model_fields_set
+    assert stamped_now.received >= received and stamped_now.received.tzinfo is not None
+
+
+def test_the_recorder_inserts_states_through_the_function_we_replace():
+    import prefect.server.services.task_run_recorder as recorder
+
+    original = recorder._insert_task_run_states
+    assert list(inspect.signature(inspect.unwrap(original)).parameters) == ["db", "session", "task_runs"]
+    assert "_insert_task_run_states" in recorder._record_bulk_task_run_events.__code__.co_names
+    assert "_insert_task_run_states(session, [" in inspect.getsource(recorder._record_bulk_task_run_events)
+    with compat.lean_server_hot_paths():
+        assert recorder._insert_task_run_states is not original
+    assert recorder._insert_task_run_states is original
+
+
+@task(persist_result=True)
+def doubled_and_kept(value: int) -> int:
+    return value * 2
+
+
+def test_a_lean_servers_states_are_the_ones_the_task_run_set(scalegroups_prefect_api):
+    """Pending, Running, Completed, as the task run set them, and the result readable from the API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import StateType
+
+    from scalegroups import make_task_runner
+    from scalegroups.server import local_server
+
+    if local_server() is not None:  # this process's own (lean) server: the replaced paths serve
+        assert compat.lean_server_hot_paths_active()
+    seen = {}
+
+    @flow(task_runner=make_task_runner("thread", max_workers=1))
+    def keeps_a_result() -> None:
+        future = doubled_and_kept.submit(21)
+        seen["task_run_id"], seen["state"] = future.task_run_id, future.wait() or future.state
+
+    keeps_a_result()
+    final = seen["state"]
+    with get_client(sync_client=True) as client:
+        states = wait_for_states(client, seen["task_run_id"], count=3)
+    assert [state.type for state in states] == [StateType.PENDING, StateType.RUNNING, StateType.COMPLETED]
+    recorded = states[-1]
+    assert (recorded.id, recorded.name, recorded.timestamp) == (final.id, final.name, final.timestamp)
+    assert recorded.state_details.task_run_id == seen["task_run_id"]
+    assert recorded.data is not None and recorded.result() == 42
+
+
+def wait_for_states(client, task_run_id, count: int, timeout: float = 60.0):
+    """The task run's states once the recorder has written `count` of them (it writes in batches)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        states = sorted(client.read_task_run_states(task_run_id), key=lambda state: state.timestamp)
+        if len(states) >= count or time.monotonic() > deadline:
+            return states
+        time.sleep(0.1)
