@@ -293,6 +293,14 @@ class _ReplacedAttribute(_ScopedPatch):
     def _target(self, module: Any) -> Any:
         return getattr(module, self.owner) if self.owner else module
 
+    def prefects(self) -> Any:
+        """Prefect's own attribute, whether or not this patch is installed now (for tests)."""
+        import importlib
+
+        if self._original is not None:
+            return self._original
+        return vars(self._target(importlib.import_module(self.module)))[self.name]
+
     def _install(self) -> None:
         import importlib
 
@@ -462,6 +470,7 @@ class _WorkerHooks:
             prefect.context.hydrated_context = self._installed  # type: ignore[assignment]
             prefect.task_engine.hydrated_context = self._installed  # type: ignore[assignment]
             self._scopes.enter_context(known_blocks_without_collections())
+            self._scopes.enter_context(remembered_setting_values())
             self._scopes.enter_context(shared_api_clients())
             self._scopes.enter_context(plain_console_lines_off_a_terminal())
 
@@ -967,10 +976,85 @@ _states_in_one_statement = _StatesInsertedAsOneStatement()
 def lean_server_hot_paths() -> Iterator[None]:
     """Context manager: while it is open, this process's Prefect server validates each event once
     and inserts each batch of task-run states with one cached statement (see above)."""
-    with _receive_once.scope(), _states_in_one_statement.scope():
+    with _receive_once.scope(), _states_in_one_statement.scope(), remembered_setting_values():
         yield
 
 
 def lean_server_hot_paths_active() -> bool:
     """True while `lean_server_hot_paths()` is in effect in this process."""
     return _receive_once.active and _states_in_one_statement.active
+
+
+# ------------------------------------------------------------------------------------------------
+# 8. A Prefect setting read through `PREFECT_*.value()` is looked up once per settings object
+#
+# Relies on: `prefect.settings.legacy.Setting.value()` returning
+# `setting.value_from(get_current_settings())` (except for Prefect's two test settings, left to
+# it), and a `Settings` object not being changed in place once built: Prefect builds a new one for
+# every change (`temporary_settings`, `Settings.copy_with_update`, a new profile), and enters it in
+# a new `SettingsContext`.
+#
+# Why: Prefect's engine, its clients, its event models' validators and its server read settings
+# through the legacy `PREFECT_*` objects: 62 reads per task run on a thread runner (the API URL 13
+# times, the logging level 16, the event label limit 12), each ~15 us (`get_current_settings()`,
+# then `Settings.__getattribute__`, which runs an import statement, for every step of the path):
+# ~1 ms of CPU per task run, spread over the flow, its workers and the server. Here each setting's
+# value is looked up once per `Settings` object (held, so its id cannot be reused) and then read
+# from a dict. Scoped like the other patches: a scalegroups runner, a worker it set up, a lean
+# server.
+# ------------------------------------------------------------------------------------------------
+
+#: Prefect's test settings, whose value depends on the environment, not on the settings object
+_SETTINGS_READ_EVERY_TIME = frozenset({"PREFECT_TEST_SETTING", "PREFECT_TESTING_TEST_SETTING"})
+
+
+class _SettingValuesRemembered(_ReplacedAttribute):
+    """`Setting.value()` answered from a dict per `Settings` object after its first lookup."""
+
+    module, owner, name = "prefect.settings.legacy", "Setting", "value"
+
+    def __init__(self, limit: int = 32) -> None:
+        super().__init__()
+        self._limit = limit
+        self._values: OrderedDict[int, tuple[Any, dict[str, Any]]] = OrderedDict()
+        self._values_lock = threading.Lock()
+
+    def _values_of(self, settings: Any) -> dict[str, Any]:
+        entry = self._values.get(id(settings))
+        if entry is None or entry[0] is not settings:
+            entry = (settings, {})
+            with self._values_lock:
+                self._values[id(settings)] = entry
+                while len(self._values) > self._limit:
+                    self._values.popitem(last=False)
+        return entry[1]
+
+    def _replacement(self, original: Any) -> Any:
+        from prefect.settings.context import get_current_settings
+
+        def value(setting: Any) -> Any:
+            if setting.name in _SETTINGS_READ_EVERY_TIME:
+                return original(setting)
+            settings = get_current_settings()
+            values = self._values_of(settings)
+            try:
+                return values[setting.name]
+            except KeyError:
+                found = values[setting.name] = setting.value_from(settings)
+                return found
+
+        return value
+
+    def _uninstall(self) -> None:
+        super()._uninstall()
+        with self._values_lock:
+            self._values.clear()
+
+
+_setting_values = _SettingValuesRemembered()
+
+
+def remembered_setting_values() -> Any:
+    """Context manager: while it is open, `PREFECT_*.value()` is a dict lookup after its first read
+    per settings object (see above)."""
+    return _setting_values.scope()

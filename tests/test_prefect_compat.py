@@ -664,13 +664,13 @@ def test_a_received_event_is_the_one_prefect_builds():
     from prefect.types._datetime import now
 
     assert set(ReceivedEvent.model_fields) == set(Event.model_fields) | {"received"}
-    original = Event.receive
+    before = Event.receive  # ours already, while this process's lean server runs
     event, received = a_server_event(), now("UTC")
-    expected = event.receive(received)
+    expected = compat._receive_once.prefects()(event, received)
     with compat.lean_server_hot_paths():
-        assert Event.receive is not original
+        assert Event.receive.__module__ == compat.__name__
         ours, stamped_now = event.receive(received), event.receive()
-    assert Event.receive is original
+    assert Event.receive is before
     assert type(ours) is ReceivedEvent
     assert ours.model_dump() == expected.model_dump()
     assert ours.model_fields_set == expected.model_fields_set
@@ -680,13 +680,14 @@ def test_a_received_event_is_the_one_prefect_builds():
 def test_the_recorder_inserts_states_through_the_function_we_replace():
     import prefect.server.services.task_run_recorder as recorder
 
-    original = recorder._insert_task_run_states
-    assert list(inspect.signature(inspect.unwrap(original)).parameters) == ["db", "session", "task_runs"]
+    prefects, before = compat._states_in_one_statement.prefects(), recorder._insert_task_run_states
+    assert inspect.unwrap(prefects).__module__ == recorder.__name__
+    assert list(inspect.signature(inspect.unwrap(prefects)).parameters) == ["db", "session", "task_runs"]
     assert "_insert_task_run_states" in recorder._record_bulk_task_run_events.__code__.co_names
     assert "_insert_task_run_states(session, [" in inspect.getsource(recorder._record_bulk_task_run_events)
     with compat.lean_server_hot_paths():
-        assert recorder._insert_task_run_states is not original
-    assert recorder._insert_task_run_states is original
+        assert inspect.unwrap(recorder._insert_task_run_states).__module__ == compat.__name__
+    assert recorder._insert_task_run_states is before
 
 
 @task(persist_result=True)
@@ -732,3 +733,56 @@ def wait_for_states(client, task_run_id, count: int, timeout: float = 60.0):
         if len(states) >= count or time.monotonic() > deadline:
             return states
         time.sleep(0.1)
+
+
+# ---------------------------------------------------------- 8. setting values remembered per object
+
+
+def test_legacy_setting_value_is_value_from_the_current_settings():
+    prefects = compat._setting_values.prefects()
+    assert prefects.__module__ == "prefect.settings.legacy"
+    assert "get_current_settings" in prefects.__code__.co_names
+    assert "value_from" in prefects.__code__.co_names
+
+
+def test_remembered_setting_values_are_prefects_and_follow_every_new_settings_object(monkeypatch):
+    import prefect.settings as settings_module
+    from prefect.settings import PREFECT_API_URL, PREFECT_TESTING_TEST_SETTING, temporary_settings
+    from prefect.settings.legacy import Setting, _get_valid_setting_names
+
+    names = sorted(_get_valid_setting_names(settings_module.Settings))
+    every = [getattr(settings_module, name) for name in names if name.startswith("PREFECT_")]
+    assert len(every) > 100
+    prefects, before = compat._setting_values.prefects(), Setting.value
+    expected = {setting.name: prefects(setting) for setting in every}
+    with compat.remembered_setting_values():
+        assert Setting.value.__module__ == compat.__name__
+        assert {setting.name: setting.value() for setting in every} == expected
+        assert {setting.name: setting.value() for setting in every} == expected  # from the dict
+        with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+            assert PREFECT_API_URL.value() == "http://127.0.0.1:9/api"
+        assert PREFECT_API_URL.value() == expected["PREFECT_API_URL"]
+        monkeypatch.setenv("PREFECT_TESTING_TEST_MODE", "1")
+        assert PREFECT_TESTING_TEST_SETTING.value() == get_current_settings().testing.test_setting
+        monkeypatch.delenv("PREFECT_TESTING_TEST_MODE")
+        monkeypatch.delenv("PREFECT_TEST_MODE", raising=False)
+        assert PREFECT_TESTING_TEST_SETTING.value() is None
+    assert Setting.value is before
+
+
+def test_a_worker_and_a_lean_server_remember_setting_values():
+    code = """
+from prefect.settings.legacy import Setting
+from scalegroups import prefect_compat as compat
+prefects = Setting.value
+with compat.lean_server_hot_paths():
+    assert Setting.value.__module__ == compat.__name__
+compat.install_worker_hooks()
+assert Setting.value.__module__ == compat.__name__
+compat.uninstall_worker_hooks()
+assert Setting.value is prefects
+print("ok")
+"""
+    out, _ = run_python(["-c", code])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("ok")

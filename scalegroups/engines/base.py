@@ -28,6 +28,7 @@ from scalegroups.limits import acquire_rates
 from scalegroups.prefect_compat import (
     end_flow_runs_without_heartbeat_join,
     known_blocks_without_collections,
+    remembered_setting_values,
     ship_context_once,
 )
 from scalegroups.process_exit import collect_once_then_freeze_at_exit
@@ -172,6 +173,7 @@ class EngineRunnerMixin:
             stack.enter_context(shared_api_clients())  # closed last: after the final progress artifacts
             stack.enter_context(end_flow_runs_without_heartbeat_join())
             stack.enter_context(known_blocks_without_collections())
+            stack.enter_context(remembered_setting_values())
             if self.uses_worker_processes:
                 from scalegroups.server import ensure_api
 
