@@ -139,7 +139,14 @@ def test_worker_hooks_reuse_settings_and_client_and_hydrate_like_prefect(capture
         with prefect.context.hydrated_context(shipped):
             ctx = FlowRunContext.get()
             client_context = SyncClientContext.get()  # the engine's get_or_create() finds this one
-            return get_current_settings(), ctx.client, ctx.flow_run.id, client_context and client_context.client
+            return (
+                get_current_settings(),
+                ctx.client,
+                ctx.flow_run.id,
+                client_context and client_context.client,
+                ctx.flow_run,
+                ctx.result_store,
+            )
 
     stock = in_fresh_thread(hydrate)
     compat.install_worker_hooks()
@@ -155,6 +162,9 @@ def test_worker_hooks_reuse_settings_and_client_and_hydrate_like_prefect(capture
     assert one[1] is two[1] is one[3], "a new API client per task run"
     assert one[2] == two[2] == stock[2] == captured["flow_run_id"]
     assert one[0].hash_key() == stock[0].hash_key(), "hooked settings differ from Prefect's"
+    assert one[4] is two[4] and one[5] is two[5], "flow run or result store validated per task run"
+    assert one[4].model_dump() == stock[4].model_dump(), "hooked flow run differs from Prefect's"
+    assert one[5].model_dump(serialize_as_any=True) == stock[5].model_dump(serialize_as_any=True)
 
 
 def test_install_twice_and_uninstall_restores_the_original():
