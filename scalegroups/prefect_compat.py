@@ -178,6 +178,33 @@ def _reference(obj: Any) -> Any:
         return lambda: obj
 
 
+class _BuiltPerObject:
+    """A value built once per object, looked up by identity; the object is held, so its id is not
+    reused while its entry lives; the newest `limit` entries are kept (thread-safe)."""
+
+    def __init__(self, limit: int = 16) -> None:
+        self._limit = limit
+        self._entries: OrderedDict[int, tuple[Any, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, obj: Any, build: Any) -> Any:
+        """The value built for `obj`, calling `build(obj)` the first time (outside the lock)."""
+        with self._lock:
+            entry = self._entries.get(id(obj))
+        if entry is not None and entry[0] is obj:
+            return entry[1]
+        value = build(obj)
+        with self._lock:
+            self._entries[id(obj)] = (obj, value)
+            while len(self._entries) > self._limit:
+                self._entries.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
 class _ScopedPatch:
     """A patch installed while at least one scope is open (reference-counted, thread-safe)."""
 
@@ -454,8 +481,8 @@ class _WorkerHooks:
         self._lock = threading.Lock()
         self._original: Any = None
         self._installed: Any = None
-        self._settings: OrderedDict[int, tuple[Any, Any, Any]] = OrderedDict()
-        self._run_parts: OrderedDict[int, tuple[Any, dict[str, Any]]] = OrderedDict()
+        self._settings = _BuiltPerObject()  # shipped settings part -> (profile, Settings)
+        self._run_parts = _BuiltPerObject()  # shipped flow-run part -> the part, validated
         self._scopes = ExitStack()
 
     @property
@@ -497,38 +524,18 @@ class _WorkerHooks:
         """A new `SettingsContext` around the Settings built once for this shipped part."""
         from prefect.context import SettingsContext
 
-        with self._lock:
-            entry = self._settings.get(id(part))
-        if entry is None or entry[0] is not part:
+        def build(part: dict[str, Any]) -> tuple[Any, Any]:
             built = SettingsContext(**part)
-            entry = (part, built.profile, built.settings)
-            with self._lock:
-                self._settings[id(part)] = entry
-                while len(self._settings) > 16:
-                    self._settings.popitem(last=False)
-        return SettingsContext(profile=entry[1], settings=entry[2])
+            return built.profile, built.settings
+
+        profile, settings = self._settings.get(part, build)
+        return SettingsContext(profile=profile, settings=settings)
 
     def _validated_run_part(self, part: Any) -> dict[str, Any]:
         """The shipped flow-run part with its flow run and result store validated once: the same
         `FlowRun` and `ResultStore` objects for every task run of this worker in that flow run, as
         every task run of a thread runner shares its flow's."""
-        with self._lock:
-            entry = self._run_parts.get(id(part))
-        if entry is None or entry[0] is not part:
-            from prefect.client.schemas.objects import FlowRun
-            from prefect.results import ResultStore
-
-            validated = dict(part)
-            if isinstance(validated.get("flow_run"), dict):
-                validated["flow_run"] = FlowRun.model_validate(validated["flow_run"])
-            if isinstance(validated.get("result_store"), dict):
-                validated["result_store"] = ResultStore.model_validate(validated["result_store"])
-            entry = (part, validated)
-            with self._lock:
-                self._run_parts[id(part)] = entry
-                while len(self._run_parts) > 16:
-                    self._run_parts.popitem(last=False)
-        return entry[1]
+        return self._run_parts.get(part, _validated_flow_run_and_result_store)
 
     @staticmethod
     @contextmanager
@@ -563,6 +570,18 @@ class _WorkerHooks:
                 stack.enter_context(self._client_context(client))
             stack.enter_context(original(serialized_context, client))
             yield
+
+
+def _validated_flow_run_and_result_store(part: Any) -> dict[str, Any]:
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.results import ResultStore
+
+    validated = dict(part)
+    if isinstance(validated.get("flow_run"), dict):
+        validated["flow_run"] = FlowRun.model_validate(validated["flow_run"])
+    if isinstance(validated.get("result_store"), dict):
+        validated["result_store"] = ResultStore.model_validate(validated["result_store"])
+    return validated
 
 
 def _prefect_hydrated_context() -> Any:
@@ -1043,21 +1062,9 @@ class _SettingValuesRemembered(_ReplacedAttribute):
 
     module, owner, name = "prefect.settings.legacy", "Setting", "value"
 
-    def __init__(self, limit: int = 32) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self._limit = limit
-        self._values: OrderedDict[int, tuple[Any, dict[str, Any]]] = OrderedDict()
-        self._values_lock = threading.Lock()
-
-    def _values_of(self, settings: Any) -> dict[str, Any]:
-        entry = self._values.get(id(settings))
-        if entry is None or entry[0] is not settings:
-            entry = (settings, {})
-            with self._values_lock:
-                self._values[id(settings)] = entry
-                while len(self._values) > self._limit:
-                    self._values.popitem(last=False)
-        return entry[1]
+        self._values = _BuiltPerObject(limit=32)  # Settings object -> {setting name: value}
 
     def _replacement(self, original: Any) -> Any:
         from prefect.settings.context import get_current_settings
@@ -1066,7 +1073,7 @@ class _SettingValuesRemembered(_ReplacedAttribute):
             if setting.name in _SETTINGS_READ_EVERY_TIME:
                 return original(setting)
             settings = get_current_settings()
-            values = self._values_of(settings)
+            values = self._values.get(settings, _new_dict)
             try:
                 return values[setting.name]
             except KeyError:
@@ -1077,8 +1084,11 @@ class _SettingValuesRemembered(_ReplacedAttribute):
 
     def _uninstall(self) -> None:
         super()._uninstall()
-        with self._values_lock:
-            self._values.clear()
+        self._values.clear()
+
+
+def _new_dict(_: Any) -> dict[str, Any]:
+    return {}
 
 
 _setting_values = _SettingValuesRemembered()
