@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from scalegroups.per_object import BuiltPerObject
+
 #: distinct settings (and so clients) kept open at once; the least recently used is closed
 MAX_CLIENTS = 8
 
@@ -44,7 +46,7 @@ class ProcessClients:
         self._lock = threading.Lock()
         self._limit = limit
         self._users = 0
-        self._keys: OrderedDict[int, tuple[Any, str]] = OrderedDict()  # id(settings) -> (settings, key)
+        self._keys = BuiltPerObject(limit=4 * limit)  # Settings object -> its client settings key
         self._clients: OrderedDict[str, Any] = OrderedDict()
 
     @property
@@ -70,16 +72,7 @@ class ProcessClients:
                 client.__exit__(None, None, None)
 
     def _key(self, settings: Any) -> str:
-        with self._lock:
-            entry = self._keys.get(id(settings))
-        if entry is not None and entry[0] is settings:
-            return entry[1]
-        key = client_settings_key(settings)
-        with self._lock:
-            self._keys[id(settings)] = (settings, key)
-            while len(self._keys) > 4 * self._limit:
-                self._keys.popitem(last=False)
-        return key
+        return self._keys.get(settings, client_settings_key)
 
     def client(self) -> Any:
         """The open client for the current settings (created on first use); requires a scope."""

@@ -42,6 +42,7 @@ from typing import Any
 import cloudpickle
 
 from scalegroups.api_clients import shared_api_clients, shared_client
+from scalegroups.per_object import BuiltPerObject
 
 # ------------------------------------------------------------------------------------------------
 # 1. Shipping the flow's context once per flow run (flow side)
@@ -176,33 +177,6 @@ def _reference(obj: Any) -> Any:
         return weakref.ref(obj)
     except TypeError:  # not weak-referenceable: hold it (the cache is small and bounded)
         return lambda: obj
-
-
-class _BuiltPerObject:
-    """A value built once per object, looked up by identity; the object is held, so its id is not
-    reused while its entry lives; the newest `limit` entries are kept (thread-safe)."""
-
-    def __init__(self, limit: int = 16) -> None:
-        self._limit = limit
-        self._entries: OrderedDict[int, tuple[Any, Any]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, obj: Any, build: Any) -> Any:
-        """The value built for `obj`, calling `build(obj)` the first time (outside the lock)."""
-        with self._lock:
-            entry = self._entries.get(id(obj))
-        if entry is not None and entry[0] is obj:
-            return entry[1]
-        value = build(obj)
-        with self._lock:
-            self._entries[id(obj)] = (obj, value)
-            while len(self._entries) > self._limit:
-                self._entries.popitem(last=False)
-        return value
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
 
 
 class _ScopedPatch:
@@ -481,8 +455,8 @@ class _WorkerHooks:
         self._lock = threading.Lock()
         self._original: Any = None
         self._installed: Any = None
-        self._settings = _BuiltPerObject()  # shipped settings part -> (profile, Settings)
-        self._run_parts = _BuiltPerObject()  # shipped flow-run part -> the part, validated
+        self._settings = BuiltPerObject()  # shipped settings part -> (profile, Settings)
+        self._run_parts = BuiltPerObject()  # shipped flow-run part -> the part, validated
         self._scopes = ExitStack()
 
     @property
@@ -1064,7 +1038,7 @@ class _SettingValuesRemembered(_ReplacedAttribute):
 
     def __init__(self) -> None:
         super().__init__()
-        self._values = _BuiltPerObject(limit=32)  # Settings object -> {setting name: value}
+        self._values = BuiltPerObject(limit=32)  # Settings object -> {setting name: value}
 
     def _replacement(self, original: Any) -> Any:
         from prefect.settings.context import get_current_settings
