@@ -205,10 +205,12 @@ def heartbeat(path: str, seconds: float) -> str:
     from pathlib import Path
 
     beat = Path(path)
+    fresh = beat.with_name(f".{beat.name}.tmp")  # written, then renamed: a kill never leaves it empty
     deadline = time.time() + seconds
     try:
         while time.time() < deadline:
-            beat.write_text(f"{os.getpid()} {time.time()}")
+            fresh.write_text(f"{os.getpid()} {time.time()}")
+            os.replace(fresh, beat)
             time.sleep(0.2)
     finally:
         (beat.parent / f"stopped-{beat.name}").write_text("stopped")
