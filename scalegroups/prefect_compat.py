@@ -206,6 +206,14 @@ class _ScopedPatch:
                 if self._users == 0:
                     self._uninstall()
 
+    def hold_for_process(self) -> None:
+        """Install for the rest of the process, as an open scope that is never closed (no
+        generator is left to be finalized at interpreter shutdown)."""
+        with self._lock:
+            self._users += 1
+            if self._users == 1:
+                self._install()
+
     @property
     def active(self) -> bool:
         return self._users > 0
@@ -478,6 +486,7 @@ class _WorkerHooks:
             self._scopes.enter_context(remembered_setting_values())
             self._scopes.enter_context(shared_api_clients())
             self._scopes.enter_context(plain_console_lines_off_a_terminal())
+            self._scopes.enter_context(shared_tls_contexts())
 
     def uninstall(self) -> None:
         import prefect.context
@@ -1072,3 +1081,183 @@ def remembered_setting_values() -> Any:
     """Context manager: while it is open, `PREFECT_*.value()` is a dict lookup after its first read
     per settings object (see above)."""
     return _setting_values.scope()
+
+
+# ------------------------------------------------------------------------------------------------
+# 9. A process starts its Prefect clients without repeated TLS set-up, and its flow runs without
+#    importing FastAPI for plain parameters
+#
+# Relies on: `prefect.client.orchestration` (`PrefectClient` and `SyncPrefectClient.__init__`) and
+# `prefect._internal.version_checking` (`check_server_version`) building a verified TLS context with
+# `ssl.create_default_context(cafile=...)`, looked up through their module's name `ssl`, and not
+# changing it afterwards (their unverified one is built without `cafile` and is changed: not
+# shared); httpx using an `SSLContext` it is given as it is. And on
+# `prefect.flows.Flow.serialize_parameters(parameters)` giving each parameter that is not a
+# method's bound `self`/`cls`, a `PrefectFuture` or a `State` to FastAPI's `jsonable_encoder`,
+# which returns plain JSON data (exact `str`, `int`, `float`, `bool`, `None`, lists, tuples and
+# dicts of them) as an equal copy, with tuples as lists, dropping only dict keys starting `_sa`.
+#
+# Why: each Prefect API client, and the events client's version check, loads the CA bundle into
+# a new TLS context (~45-85 ms of CPU each on this machine class): a flow process built four
+# (its own client, the log and event workers' clients, the version check), a worker process as
+# many. Here a verified context is built once per CA file (its path, size and modification time)
+# and shared, while HTTP/2 is off (Prefect's default: every connection then asks for HTTP/1.1 and
+# a shared context is never changed differently by two of them). And creating a flow run imported
+# FastAPI (0.2-0.33 s) only to copy parameters such as `items=[1, 2, 3]`: plain JSON parameters
+# are copied here as `jsonable_encoder` would; any other value goes to Prefect's method.
+# ------------------------------------------------------------------------------------------------
+
+
+class _TlsContextsPerCaFile:
+    """What a Prefect module sees as `ssl`: the real module, except that a verified context for a
+    CA file is built once and shared."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._built: dict[tuple[str, int, int], Any] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        import ssl
+
+        return getattr(ssl, name)
+
+    def create_default_context(
+        self, purpose: Any = None, *, cafile: Any = None, capath: Any = None, cadata: Any = None
+    ) -> Any:
+        """`ssl.create_default_context`; a verified context for a CA file is built once, shared."""
+        import os
+        import ssl
+
+        purpose = ssl.Purpose.SERVER_AUTH if purpose is None else purpose
+        shareable = cafile is not None and capath is None and cadata is None and purpose == ssl.Purpose.SERVER_AUTH
+        if not shareable or _http2_enabled():
+            return ssl.create_default_context(purpose, cafile=cafile, capath=capath, cadata=cadata)
+        try:
+            found = os.stat(cafile)
+        except OSError:  # let ssl say what is wrong with it
+            return ssl.create_default_context(purpose, cafile=cafile)
+        key = (os.fspath(cafile), found.st_size, found.st_mtime_ns)
+        with self._lock:
+            context = self._built.get(key)
+            if context is None:
+                context = self._built[key] = ssl.create_default_context(cafile=cafile)
+        return context
+
+    def clear(self) -> None:
+        with self._lock:
+            self._built.clear()
+
+
+def _http2_enabled() -> bool:
+    from prefect.settings import get_current_settings
+
+    return bool(get_current_settings().api.enable_http2)
+
+
+_tls_contexts = _TlsContextsPerCaFile()
+
+
+class _SharedTlsIn(_ReplacedAttribute):
+    """A Prefect module's `ssl`, replaced by `_tls_contexts`."""
+
+    owner, name = None, "ssl"
+
+    def _replacement(self, original: Any) -> Any:
+        return _tls_contexts
+
+    def _uninstall(self) -> None:
+        super()._uninstall()
+        _tls_contexts.clear()
+
+
+class _SharedTlsInClients(_SharedTlsIn):
+    module = "prefect.client.orchestration"
+
+
+class _SharedTlsInVersionCheck(_SharedTlsIn):
+    module = "prefect._internal.version_checking"
+
+
+_tls_in_clients = _SharedTlsInClients()
+_tls_in_version_check = _SharedTlsInVersionCheck()
+
+
+@contextmanager
+def shared_tls_contexts() -> Iterator[None]:
+    """Context manager: while it is open, Prefect's API clients share one verified TLS context per
+    CA file (see above)."""
+    with _tls_in_clients.scope(), _tls_in_version_check.scope():
+        yield
+
+
+class _NotPlainJson(Exception):
+    pass
+
+
+_PLAIN_SCALARS = frozenset({str, int, float, bool, type(None)})
+_PLAIN_DEPTH = 32
+
+
+def plain_json_copy(value: Any, depth: int = 0) -> Any:
+    """What `jsonable_encoder(value)` returns for plain JSON data; `_NotPlainJson` for anything else."""
+    kind = type(value)
+    if kind in _PLAIN_SCALARS:
+        return value
+    if depth >= _PLAIN_DEPTH:
+        raise _NotPlainJson
+    if kind is list or kind is tuple:
+        return [plain_json_copy(item, depth + 1) for item in value]
+    if kind is dict:
+        copied = {}
+        for key, item in value.items():
+            if type(key) not in _PLAIN_SCALARS or (type(key) is str and key.startswith("_sa")):
+                raise _NotPlainJson
+            copied[key] = plain_json_copy(item, depth + 1)
+        return copied
+    raise _NotPlainJson
+
+
+class _PlainParametersWithoutFastApi(_ReplacedAttribute):
+    """`Flow.serialize_parameters`, copying plain JSON parameters itself."""
+
+    module, owner, name = "prefect.flows", "Flow", "serialize_parameters"
+
+    def _replacement(self, original: Any) -> Any:
+        def serialize_parameters(flow: Any, parameters: dict[str, Any]) -> dict[str, Any]:
+            if getattr(flow, "ismethod", False) or getattr(flow, "isclassmethod", False):
+                return original(flow, parameters)  # type: ignore[no-any-return]
+            try:
+                return {key: plain_json_copy(value) for key, value in parameters.items()}
+            except _NotPlainJson:
+                return original(flow, parameters)  # type: ignore[no-any-return]
+
+        return serialize_parameters
+
+
+_plain_parameters = _PlainParametersWithoutFastApi()
+
+
+def plain_parameters_without_fastapi() -> Any:
+    """Context manager: while it is open, a flow run's plain JSON parameters are copied without
+    importing FastAPI (see above)."""
+    return _plain_parameters.scope()
+
+
+_start_up_lock = threading.Lock()
+_started_up: list[bool] = []
+
+
+def lean_client_start_up() -> None:
+    """Keep `shared_tls_contexts()` and `plain_parameters_without_fastapi()` in effect for the rest
+    of this process (idempotent): called when a flow file asks scalegroups for a runner, before
+    Prefect's engine builds its first client and flow run."""
+    with _start_up_lock:
+        if not _started_up:
+            for patch in (_tls_in_clients, _tls_in_version_check, _plain_parameters):
+                patch.hold_for_process()
+            _started_up.append(True)
+
+
+def lean_client_start_up_active() -> bool:
+    """True while both start-up patches are in effect in this process."""
+    return _tls_in_clients.active and _tls_in_version_check.active and _plain_parameters.active

@@ -504,9 +504,14 @@ def _export(url: str) -> None:
 def ensure_api(*, eager: bool = False) -> str:
     """Choose the Prefect API for this process and its future workers; return its URL.
 
-    `eager=True` starts a local in-process server at once instead of on its first request.
+    `eager=True` starts a local in-process server at once instead of on its first request. This
+    is also where a flow process's Prefect clients are made lean for the rest of the process
+    (`prefect_compat.lean_client_start_up`): it runs before Prefect's engine builds any.
     """
     global _in_process
+    from scalegroups.prefect_compat import lean_client_start_up
+
+    lean_client_start_up()
     configured = configured_api_url()
     if configured:
         return configured

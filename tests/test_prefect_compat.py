@@ -796,3 +796,171 @@ print("ok")
     out, _ = run_python(["-c", code])
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith("ok")
+
+
+# ------------------------------------------------ 9. TLS contexts shared, plain parameters copied
+
+
+def _ssl_context_of(client):
+    """The SSLContext a Prefect API client's httpx transport connects with."""
+    return client._client._transport._pool._ssl_context
+
+
+def test_prefect_clients_share_one_verified_tls_context_per_ca_file(tmp_path, monkeypatch):
+    import shutil
+    import ssl
+
+    import certifi
+    from prefect.client.orchestration import PrefectClient, SyncPrefectClient
+    from prefect.settings import PREFECT_API_SSL_CERT_FILE, PREFECT_API_TLS_INSECURE_SKIP_VERIFY, temporary_settings
+
+    built = []
+    real = ssl.create_default_context
+
+    def counted(*args, **kwargs):
+        built.append(kwargs.get("cafile"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ssl, "create_default_context", counted)
+    url = "http://127.0.0.1:9/api"
+    with compat.shared_tls_contexts():
+        first = _ssl_context_of(SyncPrefectClient(url))
+        assert _ssl_context_of(SyncPrefectClient(url)) is first
+        assert _ssl_context_of(PrefectClient(url)) is first
+        assert first.verify_mode == ssl.CERT_REQUIRED and first.check_hostname
+        assert len([cafile for cafile in built if cafile]) <= 1  # none if the session's clients built it
+
+        bundle = tmp_path / "ca.pem"
+        shutil.copyfile(certifi.where(), bundle)
+        with temporary_settings(updates={PREFECT_API_SSL_CERT_FILE: str(bundle)}):
+            own = _ssl_context_of(SyncPrefectClient(url))
+            assert own is not first and _ssl_context_of(PrefectClient(url)) is own
+            bundle.write_text(bundle.read_text() + "\n")  # a changed file is read again
+            assert _ssl_context_of(SyncPrefectClient(url)) is not own
+        with temporary_settings(updates={PREFECT_API_TLS_INSECURE_SKIP_VERIFY: True}):
+            insecure = [_ssl_context_of(SyncPrefectClient(url)) for _ in range(2)]
+            assert insecure[0] is not insecure[1]  # changed after it is built: never shared
+            assert insecure[0].verify_mode == ssl.CERT_NONE
+    assert _ssl_context_of(SyncPrefectClient(url)) is not first or compat._tls_in_clients.active
+
+
+def test_the_version_check_builds_its_tls_context_through_the_shared_one(scalegroups_prefect_api, monkeypatch):
+    import ssl
+
+    from prefect._internal import version_checking
+
+    built = []
+    real = ssl.create_default_context
+    monkeypatch.setattr(ssl, "create_default_context", lambda *a, **k: built.append(k) or real(*a, **k))
+    with compat.shared_tls_contexts():
+        compat._tls_contexts.clear()
+        for _ in range(2):
+            version_checking._clear_api_version_check_cache()
+            asyncio.run(version_checking.check_server_version(scalegroups_prefect_api, logging.getLogger("test")))
+    assert len(built) == 1 and built[0]["cafile"]  # both checks ran; one verified context was built
+
+
+class _Colour(__import__("enum").IntEnum):
+    RED = 1
+
+
+class _Text(str):
+    pass
+
+
+_PLAIN_VALUES = [
+    None,
+    True,
+    3,
+    2.5,
+    float("nan"),
+    "text",
+    [],
+    (),
+    {},
+    [1, "a", None, [2.0, (3, 4)]],
+    (1, (2, 3)),
+    {"a": {"b": [1, {"c": None}]}, 2: "two", None: 0, True: 1},
+]
+_OTHER_VALUES = [
+    _Colour.RED,
+    _Text("x"),
+    {"_sa_instance": 1},
+    {(1, 2): "tuple key"},
+    {1, 2},
+    frozenset({1}),
+    __import__("datetime").date(2026, 12, 1),
+    __import__("pathlib").Path("/tmp"),
+    b"bytes",
+    [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]],
+    {"inner": {3, 4}},
+]
+
+
+def test_plain_parameters_are_copied_as_jsonable_encoder_copies_them():
+    from fastapi.encoders import jsonable_encoder
+
+    def same(left, right):
+        if isinstance(left, float) and left != left:
+            return isinstance(right, float) and right != right
+        if type(left) is not type(right):
+            return False
+        if isinstance(left, list):
+            return len(left) == len(right) and all(same(a, b) for a, b in zip(left, right, strict=True))
+        if isinstance(left, dict):
+            return list(left) == list(right) and all(same(left[k], right[k]) for k in left)
+        return left == right
+
+    for value in _PLAIN_VALUES:
+        copied = compat.plain_json_copy(value)
+        assert same(copied, jsonable_encoder(value)), value
+        assert copied is value or type(value) in (list, tuple, dict) and copied is not value
+    for value in _OTHER_VALUES:
+        with pytest.raises(compat._NotPlainJson):
+            compat.plain_json_copy(value)
+
+
+def test_a_flow_serializes_plain_parameters_as_prefect_does_and_gives_it_the_rest():
+    from prefect.flows import Flow
+
+    @flow
+    def takes(**kwargs):
+        return kwargs
+
+    prefects = compat._plain_parameters.prefects()
+    with compat.plain_parameters_without_fastapi():
+        assert Flow.serialize_parameters.__module__ == compat.__name__
+        for value in _PLAIN_VALUES + _OTHER_VALUES:
+            parameters = {"value": value, "n": 1}
+            ours = takes.serialize_parameters(parameters)
+            assert json.dumps(ours, default=str) == json.dumps(prefects(takes, parameters), default=str)
+        a_future_is_prefects = {"state": prefect.states.Completed()}
+        assert takes.serialize_parameters(a_future_is_prefects) == {"state": "<State>"}
+
+
+def test_a_flow_file_that_asks_for_a_runner_starts_without_fastapi_and_with_one_tls_context(scalegroups_prefect_api):
+    code = """
+import sys, ssl
+built = []
+real = ssl.create_default_context
+ssl.create_default_context = lambda *a, **k: built.append(k.get("cafile")) or real(*a, **k)
+from prefect import flow, task
+from scalegroups import make_task_runner, prefect_compat as compat
+
+@task
+def double(x):
+    return 2 * x
+
+@flow(task_runner=make_task_runner("thread"))
+def main(items: list):
+    return sum(f.result() for f in double.map(items))
+
+assert compat.lean_client_start_up_active()
+before = len([cafile for cafile in built if cafile])  # Prefect's own imports build two transports
+assert main([1, 2, 3]) == 12
+assert "fastapi" not in sys.modules, "a plain flow run imported FastAPI"
+print("verified contexts built by the run:", len([cafile for cafile in built if cafile]) - before)
+"""
+    out, _ = run_python(["-c", code], env={"PREFECT_API_URL": scalegroups_prefect_api})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "verified contexts built by the run: 1" in out.stdout, out.stdout + out.stderr[-2000:]
