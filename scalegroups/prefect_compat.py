@@ -487,6 +487,8 @@ class _WorkerHooks:
             self._scopes.enter_context(shared_api_clients())
             self._scopes.enter_context(plain_console_lines_off_a_terminal())
             self._scopes.enter_context(shared_tls_contexts())
+            self._scopes.enter_context(uncompressed_events_on_loopback())
+            self._scopes.enter_context(internal_level_per_settings())
 
     def uninstall(self) -> None:
         import prefect.context
@@ -1008,7 +1010,11 @@ _states_in_one_statement = _StatesInsertedAsOneStatement()
 def lean_server_hot_paths() -> Iterator[None]:
     """Context manager: while it is open, this process's Prefect server validates each event once
     and inserts each batch of task-run states with one cached statement (see above)."""
-    with _receive_once.scope(), _states_in_one_statement.scope(), remembered_setting_values():
+    with ExitStack() as scopes:
+        for scope in (_receive_once.scope(), _states_in_one_statement.scope()):
+            scopes.enter_context(scope)
+        scopes.enter_context(remembered_setting_values())
+        scopes.enter_context(internal_level_per_settings())
         yield
 
 
@@ -1243,21 +1249,125 @@ def plain_parameters_without_fastapi() -> Any:
     return _plain_parameters.scope()
 
 
+# ------------------------------------------------------------------------------------------------
+# 10. Events go to a server on this machine without per-message compression
+#
+# Relies on: `prefect.events.clients` opening its event websockets through its module-level name
+# `websocket_connect(uri, **kwargs)` (Prefect's wrapper of `websockets.asyncio.client.connect`),
+# passing other keyword arguments through to `connect`, whose `compression=None` offers no
+# permessage-deflate extension (the server then neither compresses nor decompresses).
+#
+# Why: every event a flow or a worker emits (four or more per task run) is a JSON message that
+# the websocket compresses with zlib, and the server decompresses: on a loopback connection,
+# CPU spent on both ends to save nothing. Over a real network (a server on another host)
+# Prefect's default stays.
+# ------------------------------------------------------------------------------------------------
+
+
+def is_loopback_url(url: str) -> bool:
+    """True for a URL whose host is this machine (`localhost` or a loopback address)."""
+    import ipaddress
+    from urllib.parse import urlparse
+
+    host = urlparse(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _UncompressedEventsOnLoopback(_ReplacedAttribute):
+    """`prefect.events.clients.websocket_connect`, without compression to a loopback host."""
+
+    module, name = "prefect.events.clients", "websocket_connect"
+
+    def _replacement(self, original: Any) -> Any:
+        def websocket_connect(uri: str, **kwargs: Any) -> Any:
+            if is_loopback_url(uri):
+                kwargs.setdefault("compression", None)
+            return original(uri, **kwargs)
+
+        return websocket_connect
+
+
+_uncompressed_events = _UncompressedEventsOnLoopback()
+
+
+def uncompressed_events_on_loopback() -> Any:
+    """Context manager: while it is open, event websockets to this machine are not compressed."""
+    return _uncompressed_events.scope()
+
+
+# ------------------------------------------------------------------------------------------------
+# 11. Prefect's internal logger finds its level once per settings object
+#
+# Relies on: `prefect._internal._logging.SafeLogger.isEnabledFor(level)` answering
+# `level >= getLevelNamesMapping()[PREFECT_LOGGING_INTERNAL_LEVEL.value()]`, and on a `Settings`
+# object not being changed in place (as section 8).
+#
+# Why: Prefect's concurrency internals (its queue services, calls, cancel scopes) log at debug
+# level 16 times per task run on a thread runner, more in a flow process that relays a process
+# pool's events; each check ran an import of a name `prefect.settings` serves through its
+# module `__getattr__`, read the setting, and copied the level-name table: ~10 us each, in every
+# process. Here the level is looked up when the current settings object changes; no lock is
+# taken (Prefect's reason for overriding the method holds).
+# ------------------------------------------------------------------------------------------------
+
+
+class _InternalLevelPerSettings(_ReplacedAttribute):
+    """`SafeLogger.isEnabledFor`, with the internal level remembered for the last settings object."""
+
+    module, owner, name = "prefect._internal._logging", "SafeLogger", "isEnabledFor"
+
+    def _replacement(self, original: Any) -> Any:
+        from prefect.settings import PREFECT_LOGGING_INTERNAL_LEVEL
+        from prefect.settings.context import get_current_settings
+
+        last: list[tuple[Any, int]] = [(None, 0)]  # (settings object, its level): held, so its id stays its own
+
+        def isEnabledFor(logger: Any, level: int) -> bool:  # noqa: N802 (logging's name)
+            settings = get_current_settings()
+            seen, internal = last[0]
+            if seen is not settings:
+                internal = logging.getLevelNamesMapping()[PREFECT_LOGGING_INTERNAL_LEVEL.value_from(settings)]
+                last[0] = (settings, internal)
+            return level >= internal
+
+        return isEnabledFor
+
+
+_internal_level = _InternalLevelPerSettings()
+
+
+def internal_level_per_settings() -> Any:
+    """Context manager: while it is open, Prefect's internal logger reads its level once per
+    settings object."""
+    return _internal_level.scope()
+
+
+# ------------------------------------------------------------------------------------------------
+# Flow processes: the client-side patches above, for the rest of the process
+# ------------------------------------------------------------------------------------------------
+
 _start_up_lock = threading.Lock()
 _started_up: list[bool] = []
+_CLIENT_SIDE = (_tls_in_clients, _tls_in_version_check, _plain_parameters, _uncompressed_events, _internal_level)
 
 
 def lean_client_start_up() -> None:
-    """Keep `shared_tls_contexts()` and `plain_parameters_without_fastapi()` in effect for the rest
-    of this process (idempotent): called when a flow file asks scalegroups for a runner, before
+    """Keep sections 9-11 (shared TLS contexts, plain parameters without FastAPI, uncompressed
+    local events, the internal log level per settings) in effect for the rest of this process
+    (idempotent): called when a flow file asks scalegroups for a runner or an API, before
     Prefect's engine builds its first client and flow run."""
     with _start_up_lock:
         if not _started_up:
-            for patch in (_tls_in_clients, _tls_in_version_check, _plain_parameters):
+            for patch in _CLIENT_SIDE:
                 patch.hold_for_process()
             _started_up.append(True)
 
 
 def lean_client_start_up_active() -> bool:
-    """True while both start-up patches are in effect in this process."""
-    return _tls_in_clients.active and _tls_in_version_check.active and _plain_parameters.active
+    """True while every client-side patch is in effect in this process."""
+    return all(patch.active for patch in _CLIENT_SIDE)

@@ -782,15 +782,19 @@ def test_remembered_setting_values_are_prefects_and_follow_every_new_settings_ob
 
 def test_a_worker_and_a_lean_server_remember_setting_values():
     code = """
+from prefect._internal._logging import SafeLogger
 from prefect.settings.legacy import Setting
 from scalegroups import prefect_compat as compat
-prefects = Setting.value
+prefects = Setting.value, SafeLogger.isEnabledFor
 with compat.lean_server_hot_paths():
     assert Setting.value.__module__ == compat.__name__
+    assert SafeLogger.isEnabledFor.__module__ == compat.__name__
 compat.install_worker_hooks()
 assert Setting.value.__module__ == compat.__name__
+assert compat._tls_in_clients.active and compat._uncompressed_events.active and compat._internal_level.active
 compat.uninstall_worker_hooks()
-assert Setting.value is prefects
+assert (Setting.value, SafeLogger.isEnabledFor) == prefects
+assert not compat._tls_in_clients.active and not compat._uncompressed_events.active
 print("ok")
 """
     out, _ = run_python(["-c", code])
@@ -964,3 +968,49 @@ print("verified contexts built by the run:", len([cafile for cafile in built if 
     out, _ = run_python(["-c", code], env={"PREFECT_API_URL": scalegroups_prefect_api})
     assert out.returncode == 0, out.stderr[-3000:]
     assert "verified contexts built by the run: 1" in out.stdout, out.stdout + out.stderr[-2000:]
+
+
+# ------------------------------------------- 10. uncompressed local events, 11. the internal level
+
+
+def test_loopback_urls_are_told_from_others():
+    for url in ("ws://127.0.0.1:4200/api/events/in", "http://localhost:1/api", "ws://[::1]:9/x", "ws://127.8.0.1/"):
+        assert compat.is_loopback_url(url), url
+    for url in ("wss://api.prefect.cloud/api/events/in", "ws://10.0.0.5:4200/api", "ws://prefect-server:4200", "x"):
+        assert not compat.is_loopback_url(url), url
+
+
+def test_events_to_a_server_on_this_machine_go_uncompressed(scalegroups_prefect_api, monkeypatch):
+    from prefect.events import Event
+    from prefect.events.clients import PrefectEventsClient
+
+    monkeypatch.setenv("PREFECT_API_URL", scalegroups_prefect_api)
+
+    async def extensions_of_a_client_that_emits() -> list:
+        async with PrefectEventsClient() as client:
+            await client.emit(Event(event="scalegroups.test", resource={"prefect.resource.id": "scalegroups.test"}))
+            return client._websocket.protocol.extensions
+
+    prefects = compat._uncompressed_events.prefects()
+    if not compat._uncompressed_events.active:  # Prefect's own default: per-message deflate
+        assert [type(e).__name__ for e in asyncio.run(extensions_of_a_client_that_emits())] == ["PerMessageDeflate"]
+    with compat.uncompressed_events_on_loopback():
+        import prefect.events.clients as clients
+
+        assert clients.websocket_connect is not prefects
+        assert asyncio.run(extensions_of_a_client_that_emits()) == []
+
+
+def test_the_internal_logger_level_is_prefects_for_each_settings_object():
+    from prefect._internal._logging import SafeLogger, logger
+    from prefect.settings import PREFECT_LOGGING_INTERNAL_LEVEL, temporary_settings
+
+    prefects = compat._internal_level.prefects()
+    levels = (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL)
+    with compat.internal_level_per_settings():
+        assert SafeLogger.isEnabledFor.__module__ == compat.__name__
+        for name in ("DEBUG", "WARNING", "CRITICAL", "ERROR"):
+            with temporary_settings(updates={PREFECT_LOGGING_INTERNAL_LEVEL: name}):
+                expected = [prefects(logger, level) for level in levels]
+                assert [logger.isEnabledFor(level) for level in levels] == expected, name
+                assert expected.count(True) == 5 - levels.index(logging.getLevelNamesMapping()[name])
