@@ -24,6 +24,10 @@ Why the patches exist (profiles on 2 cores, 200 trivial task runs in worker proc
   Ray) on its first task run: 1.8 s per worker. `known_blocks_without_collections()`.
 - **No wait for the heartbeat thread.** A synchronous flow run joined its heartbeat thread, which
   wakes once a second: ~0.5 s per flow run. `end_flow_runs_without_heartbeat_join()`.
+- **A lean start for every client** (sections 9-11, held for the rest of a flow process by
+  `lean_client_start_up()`, installed in workers): one verified TLS context per CA file instead of
+  one per client, plain flow parameters copied without importing FastAPI, events to a server on
+  this machine without compression, Prefect's internal log level read once per settings object.
 """
 
 from __future__ import annotations
