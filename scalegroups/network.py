@@ -80,7 +80,17 @@ def parse_http_url(url: str, what: str = "URL") -> SplitResult:
 def is_loopback(address: str) -> bool:
     """True if the address names this machine's loopback interface."""
     host, _ = split_host_port(address, 0)
-    return host in {"localhost", "::1"} or host.startswith("127.")
+    return is_loopback_host(host)
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """True for `localhost` and loopback IP addresses (127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host or "").is_loopback
+    except ValueError:
+        return False
 
 
 def resolve(host: str, port: int, timeout: float = CONNECT_TIMEOUT_S) -> list[tuple]:

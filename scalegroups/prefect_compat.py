@@ -1015,10 +1015,8 @@ def lean_server_hot_paths() -> Iterator[None]:
     """Context manager: while it is open, this process's Prefect server validates each event once
     and inserts each batch of task-run states with one cached statement (see above)."""
     with ExitStack() as scopes:
-        for scope in (_receive_once.scope(), _states_in_one_statement.scope()):
-            scopes.enter_context(scope)
-        scopes.enter_context(remembered_setting_values())
-        scopes.enter_context(internal_level_per_settings())
+        for patch in (_receive_once, _states_in_one_statement, _setting_values, _internal_level):
+            scopes.enter_context(patch.scope())
         yield
 
 
@@ -1270,16 +1268,11 @@ def plain_parameters_without_fastapi() -> Any:
 
 def is_loopback_url(url: str) -> bool:
     """True for a URL whose host is this machine (`localhost` or a loopback address)."""
-    import ipaddress
     from urllib.parse import urlparse
 
-    host = urlparse(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    from scalegroups.network import is_loopback_host
+
+    return is_loopback_host(urlparse(url).hostname)
 
 
 class _UncompressedEventsOnLoopback(_ReplacedAttribute):
@@ -1356,7 +1349,7 @@ def internal_level_per_settings() -> Any:
 # ------------------------------------------------------------------------------------------------
 
 _start_up_lock = threading.Lock()
-_started_up: list[bool] = []
+_started_up = False
 _CLIENT_SIDE = (_tls_in_clients, _tls_in_version_check, _plain_parameters, _uncompressed_events, _internal_level)
 
 
@@ -1365,11 +1358,12 @@ def lean_client_start_up() -> None:
     local events, the internal log level per settings) in effect for the rest of this process
     (idempotent): called when a flow file asks scalegroups for a runner or an API, before
     Prefect's engine builds its first client and flow run."""
+    global _started_up
     with _start_up_lock:
         if not _started_up:
             for patch in _CLIENT_SIDE:
                 patch.hold_for_process()
-            _started_up.append(True)
+            _started_up = True
 
 
 def lean_client_start_up_active() -> bool:

@@ -91,6 +91,14 @@ def test_address_syntax():
             network.split_host_port(bad, 1)
 
 
+def test_loopback_addresses_are_told_from_others():
+    for address in ("127.0.0.1:8786", "tcp://localhost:8786", "[::1]:8786", "127.3.2.1"):
+        assert network.is_loopback(address), address
+    for address in ("10.0.0.5:8786", "tcp://dask-scheduler:8786", "127.example.com:1", "[::2]:1"):
+        assert not network.is_loopback(address), address
+    assert not network.is_loopback_host(None)
+
+
 class FakeApi(http.server.BaseHTTPRequestHandler):
     """/api/ready answers without credentials (like Prefect's probes); everything else wants basic auth."""
 
