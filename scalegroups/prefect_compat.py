@@ -198,10 +198,7 @@ class _ScopedPatch:
 
     @contextmanager
     def scope(self) -> Iterator[None]:
-        with self._lock:
-            self._users += 1
-            if self._users == 1:
-                self._install()
+        self._acquire()
         try:
             yield
         finally:
@@ -213,6 +210,9 @@ class _ScopedPatch:
     def hold_for_process(self) -> None:
         """Install for the rest of the process, as an open scope that is never closed (no
         generator is left to be finalized at interpreter shutdown)."""
+        self._acquire()
+
+    def _acquire(self) -> None:
         with self._lock:
             self._users += 1
             if self._users == 1:

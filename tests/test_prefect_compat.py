@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
+import enum
 import inspect
 import io
 import json
 import logging
+import pathlib
 import pickle
 import subprocess
 import sys
@@ -810,13 +813,10 @@ def _ssl_context_of(client):
     return client._client._transport._pool._ssl_context
 
 
-def test_prefect_clients_share_one_verified_tls_context_per_ca_file(tmp_path, monkeypatch):
-    import shutil
+@pytest.fixture
+def tls_contexts_built(monkeypatch):
+    """The `cafile` of every TLS context `ssl.create_default_context` builds during the test."""
     import ssl
-
-    import certifi
-    from prefect.client.orchestration import PrefectClient, SyncPrefectClient
-    from prefect.settings import PREFECT_API_SSL_CERT_FILE, PREFECT_API_TLS_INSECURE_SKIP_VERIFY, temporary_settings
 
     built = []
     real = ssl.create_default_context
@@ -826,6 +826,18 @@ def test_prefect_clients_share_one_verified_tls_context_per_ca_file(tmp_path, mo
         return real(*args, **kwargs)
 
     monkeypatch.setattr(ssl, "create_default_context", counted)
+    return built
+
+
+def test_prefect_clients_share_one_verified_tls_context_per_ca_file(tmp_path, tls_contexts_built):
+    import shutil
+    import ssl
+
+    import certifi
+    from prefect.client.orchestration import PrefectClient, SyncPrefectClient
+    from prefect.settings import PREFECT_API_SSL_CERT_FILE, PREFECT_API_TLS_INSECURE_SKIP_VERIFY, temporary_settings
+
+    built = tls_contexts_built
     url = "http://127.0.0.1:9/api"
     with compat.shared_tls_contexts():
         first = _ssl_context_of(SyncPrefectClient(url))
@@ -848,23 +860,19 @@ def test_prefect_clients_share_one_verified_tls_context_per_ca_file(tmp_path, mo
     assert _ssl_context_of(SyncPrefectClient(url)) is not first or compat._tls_in_clients.active
 
 
-def test_the_version_check_builds_its_tls_context_through_the_shared_one(scalegroups_prefect_api, monkeypatch):
-    import ssl
-
+def test_the_version_check_builds_its_tls_context_through_the_shared_one(scalegroups_prefect_api, tls_contexts_built):
     from prefect._internal import version_checking
 
-    built = []
-    real = ssl.create_default_context
-    monkeypatch.setattr(ssl, "create_default_context", lambda *a, **k: built.append(k) or real(*a, **k))
     with compat.shared_tls_contexts():
         compat._tls_contexts.clear()
         for _ in range(2):
             version_checking._clear_api_version_check_cache()
             asyncio.run(version_checking.check_server_version(scalegroups_prefect_api, logging.getLogger("test")))
-    assert len(built) == 1 and built[0]["cafile"]  # both checks ran; one verified context was built
+    built = tls_contexts_built
+    assert len(built) == 1 and built[0]  # both checks ran; one verified context (with its CA file) was built
 
 
-class _Colour(__import__("enum").IntEnum):
+class _Colour(enum.IntEnum):
     RED = 1
 
 
@@ -893,8 +901,8 @@ _OTHER_VALUES = [
     {(1, 2): "tuple key"},
     {1, 2},
     frozenset({1}),
-    __import__("datetime").date(2026, 12, 1),
-    __import__("pathlib").Path("/tmp"),
+    datetime.date(2026, 12, 1),
+    pathlib.Path("/tmp"),
     b"bytes",
     [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]],
     {"inner": {3, 4}},
