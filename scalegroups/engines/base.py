@@ -25,6 +25,7 @@ from scalegroups.caching import prepared
 from scalegroups.checkpoints import checkpointing
 from scalegroups.context import current_checkpoint, current_group, current_rates
 from scalegroups.limits import acquire_rates
+from scalegroups.main_guard import refuse_unguarded_script
 from scalegroups.prefect_compat import (
     end_flow_runs_without_heartbeat_join,
     known_blocks_without_collections,
@@ -85,7 +86,17 @@ class EngineRunnerMixin:
 
     # ------------------------------------------------------------------------- engine hooks
     def preflight(self) -> None:
-        """Check, fast, that the runner can start (e.g. that a cluster address answers)."""
+        """Check, fast, that the runner can start (e.g. that a cluster address answers); engines
+        extend it. Here: a script that runs its flow when imported is refused on engines whose
+        worker processes import the script again."""
+        engine = self.script_importing_engine()
+        if engine is not None:
+            refuse_unguarded_script(engine)
+
+    def script_importing_engine(self) -> str | None:
+        """The engine's name if it starts local worker processes that import the flow's script
+        again (Python's spawn), else None."""
+        return None
 
     def parallelism(self) -> int:
         """How many tasks the started runner can run at once (for automatic batch sizes)."""

@@ -122,6 +122,7 @@ class DaskRunner(EngineRunnerMixin, DaskTaskRunner):
         """Fail within seconds when the scheduler address does not answer."""
         from scalegroups.server import configured_api_url
 
+        super().preflight()
         if not self.address:
             return
         check_reachable(self.address, "Dask scheduler", DASK_SCHEDULER_PORT, self.address_source)
@@ -132,6 +133,21 @@ class DaskRunner(EngineRunnerMixin, DaskTaskRunner):
                 "both sides can reach.",
                 self.address,
             )
+
+    def script_importing_engine(self) -> str | None:
+        """A `LocalCluster` with worker processes started by spawn or forkserver (Dask's default:
+        spawn) has each worker import the flow's script."""
+        import dask
+        from distributed import LocalCluster
+
+        cls = self.resolved_cluster_class or LocalCluster
+        if self.address or not (isinstance(cls, type) and issubclass(cls, LocalCluster)):
+            return None
+        if not (self.cluster_kwargs or {}).get("processes", True):
+            return None
+        if dask.config.get("distributed.worker.multiprocessing-method") == "fork":
+            return None
+        return "Dask LocalCluster"
 
     def _start(self) -> Any:
         if not self.address and _is_kube_cluster(self.cluster_class):

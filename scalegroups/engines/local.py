@@ -53,6 +53,10 @@ class ProcessRunner(EngineRunnerMixin, ProcessPoolTaskRunner):
         """Worker processes in the pool."""
         return max(1, runner_pool_size(self))
 
+    def script_importing_engine(self) -> str | None:
+        """Prefect's pool spawns its workers: each imports the flow's script."""
+        return "process"
+
     def on_started(self, stack: ExitStack) -> None:
         """Nothing beyond Prefect's pool: the initializer sets each worker process up."""
 
