@@ -48,7 +48,12 @@ from pathlib import Path
 from typing import Any
 
 from scalegroups.errors import ConfigurationError, ScalegroupsError
-from scalegroups.prefect_compat import call_at_thread_shutdown, cancelled_flush_retried_quietly, lean_server_hot_paths
+from scalegroups.prefect_compat import (
+    call_at_thread_shutdown,
+    cancelled_flush_retried_quietly,
+    flow_run_routes_first,
+    lean_server_hot_paths,
+)
 
 STATE_FILE = "scalegroups-server.json"
 READY_TIMEOUT_S = 180.0
@@ -89,6 +94,12 @@ def server_setting_defaults() -> dict[str, Any]:
 def _hot_paths() -> Any:
     """The lean server's faster paths (`prefect_compat.lean_server_hot_paths`); none with full services."""
     return lean_server_hot_paths() if lean_services() else nullcontext()
+
+
+def _routes_in_lean_order(app: Any) -> None:
+    """A lean server tries the routes flow runs call first (`prefect_compat.flow_run_routes_first`)."""
+    if lean_services():
+        flow_run_routes_first(app)
 
 
 def cache_dir() -> Path:
@@ -309,6 +320,7 @@ class InProcessServer:
         from prefect.server.api.server import create_app
 
         app = create_app(ephemeral=True, final=True)
+        _routes_in_lean_order(app)
         config = uvicorn.Config(app, log_level="error", lifespan="on", access_log=False, timeout_keep_alive=60)
         self._server = uvicorn.Server(config)
         return self._server
@@ -484,6 +496,7 @@ def serve(port: int, host: str = "127.0.0.1") -> None:
 
         with temporary_settings(set_defaults=startup_setting_defaults()), _hot_paths():
             app = create_app(final=True)
+            _routes_in_lean_order(app)
             uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
 
 

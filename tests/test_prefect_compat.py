@@ -17,6 +17,7 @@ import json
 import logging
 import pathlib
 import pickle
+import re
 import subprocess
 import sys
 import threading
@@ -1022,3 +1023,130 @@ def test_the_internal_logger_level_is_prefects_for_each_settings_object():
                 expected = [prefects(logger, level) for level in levels]
                 assert [logger.isEnabledFor(level) for level in levels] == expected, name
                 assert expected.count(True) == 5 - levels.index(logging.getLevelNamesMapping()[name])
+
+
+# ------------------------------------------------------ 12. a flow run's routes tried first
+@pytest.fixture(scope="module")
+def prefect_app():
+    """Prefect's API app as a local server builds it, and the order of its routes as built."""
+    from prefect.server.api.server import create_app
+
+    app = create_app(ephemeral=True, final=True, ignore_cache=True)
+    return app, list(app.api_app.router.routes)
+
+
+def sample_path(path: str) -> str:
+    """`path` with each `{name}` / `{name:convertor}` replaced by a value its convertor accepts."""
+    samples = {"uuid": "0b2d8c54-4c3c-4f2e-9a57-1d2a3e4f5a6b", "int": "1", "float": "1.5", "path": "a/b"}
+    return re.sub(r"{([^}:]+)(?::([^}]+))?}", lambda m: samples.get(m.group(2) or "", "x"), path)
+
+
+def first_match(routes, path: str, method: str):
+    """The entry of `routes` that answers `method path` (Starlette tries them in order)."""
+    from starlette.routing import Match
+
+    partial = None
+    for entry in routes:
+        scope = {"type": "http", "path": path, "root_path": "", "method": method, "headers": []}
+        match, _ = entry.matches(scope)
+        if match == Match.FULL:
+            return entry
+        if match == Match.PARTIAL and partial is None:
+            partial = entry
+    return partial
+
+
+def test_a_flow_runs_routes_come_first_and_every_request_finds_the_same_route(prefect_app):
+    app, built = prefect_app
+    assert compat.flow_run_routes_first(app), "Prefect's API app no longer has the routes we reorder"
+    moved = app.api_app.router.routes
+    assert sorted(map(id, moved)) == sorted(map(id, built))
+    firsts = [compat._first_segments(entry) for entry in moved[:6]]
+    assert firsts == [{"health"}, {"version"}, {"csrf-token"}, {"admin"}, {"flows"}, {"flow_runs"}]
+    requests = [
+        (sample_path(path), method)
+        for entry in built
+        for path, route in zip(compat._entry_paths(entry), getattr(entry, "original_router", entry).routes
+                               if hasattr(entry, "original_router") else [entry], strict=True)
+        for method in sorted(getattr(route, "methods", None) or {"GET"})
+    ]  # fmt: skip
+    assert len(requests) > 150
+    for path, method in requests:
+        assert first_match(moved, path, method) is first_match(built, path, method), (method, path)
+
+
+def test_a_flow_runs_first_requests_build_only_the_routers_they_reach():
+    """FastAPI builds an included router's routes when a request is first matched against it; the
+    version check and the CSRF token now reach only the small routers in front."""
+    import httpx
+    from prefect.server.api.server import create_app
+
+    app = create_app(ephemeral=True, final=True, ignore_cache=True)
+    assert compat.flow_run_routes_first(app)
+
+    async def version_check() -> int:
+        transport = httpx.ASGITransport(app=app.api_app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return (await client.get("/admin/version")).status_code
+
+    assert asyncio.run(version_check()) == 200
+    routers = [e for e in app.api_app.router.routes if hasattr(e, "_effective_candidates_version")]
+    assert routers, "FastAPI no longer keeps included routers as _IncludedRouter entries"
+    built = {frozenset(compat._first_segments(e)) for e in routers if e._effective_candidates_version is not None}
+    assert built == {frozenset({"csrf-token"}), frozenset({"admin"})}
+
+
+def test_routes_stay_in_their_order_when_a_path_could_match_two_routers():
+    from types import SimpleNamespace
+
+    from fastapi import APIRouter, FastAPI
+
+    def app_with(*routers: tuple[str, ...]):
+        api_app = FastAPI()
+        for prefix, *paths in routers:
+            router = APIRouter(prefix=prefix)
+            for path in paths:
+                router.add_api_route(path, lambda item: item)
+            api_app.include_router(router)
+        return SimpleNamespace(api_app=api_app)
+
+    catch_all = app_with(("/deployments", "/{item}"), ("/flows", "/{item}"), ("", "/{item}"))  # matches /flows too
+    before = list(catch_all.api_app.router.routes)
+    assert not compat.flow_run_routes_first(catch_all) and catch_all.api_app.router.routes == before
+    mixed = app_with(("", "/deployments/{item}", "/flows/{item}"), ("/flows", "/{item}"))  # both answer /flows/x
+    assert not compat.flow_run_routes_first(mixed)
+    twice = app_with(("/deployments", "/{item}"), ("/flows", "/{item}"), ("/flows", "/{item}"))
+    assert compat.flow_run_routes_first(twice)  # both "flows" routers move, in their order
+    assert [compat._first_segments(e) for e in twice.api_app.router.routes[:2]] == [{"flows"}, {"flows"}]
+    owned = app_with(("/deployments", "/{item}"), ("/flows", "/{item}"))
+    before = list(owned.api_app.router.routes)
+    assert compat.flow_run_routes_first(owned)
+    after = owned.api_app.router.routes
+    assert compat._first_segments(after[0]) == {"flows"} and after[1:] == [e for e in before if e is not after[0]]
+
+
+def test_a_lean_server_orders_its_routes_and_a_full_one_keeps_prefects(monkeypatch):
+    from prefect.server.api.server import create_app
+
+    from scalegroups import server
+
+    for services, moved in (("lean", True), ("full", False)):
+        monkeypatch.setenv("SCALEGROUPS_SERVER_SERVICES", services)
+        app = create_app(ephemeral=True, final=True, ignore_cache=True)
+        built = list(app.api_app.router.routes)
+        server._routes_in_lean_order(app)
+        assert (app.api_app.router.routes != built) is moved, services
+
+
+def test_the_in_process_server_tries_a_flow_runs_routes_first(monkeypatch):
+    import prefect.server.api.server as prefect_server
+
+    from scalegroups.server import InProcessServer
+
+    monkeypatch.setattr(prefect_server, "API_APP_CACHE", {})  # an app of its own, not one a test reordered
+    local = InProcessServer()
+    try:
+        app = local._make_server().config.app
+    finally:
+        local.stop()
+    assert compat._first_segments(app.api_app.router.routes[0]) == {"health"}
