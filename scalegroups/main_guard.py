@@ -55,11 +55,11 @@ def _guarded_lines(script: Path, mtime_ns: int) -> tuple[tuple[int, int], ...]:
         node = pending.pop()
         if isinstance(node, ast.If) and _tests_name(node.test):
             ranges.append((node.lineno, node.end_lineno or node.lineno))
-            continue
-        for field in ("body", "orelse", "finalbody", "handlers"):
-            pending.extend(child for child in getattr(node, field, []) if isinstance(child, ast.stmt))
-        for handler in getattr(node, "handlers", []):
-            pending.extend(handler.body)
+        elif not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            for field in ("body", "orelse", "finalbody"):
+                pending.extend(getattr(node, field, []))
+            for handler in getattr(node, "handlers", []):
+                pending.extend(handler.body)
     return tuple(ranges)
 
 

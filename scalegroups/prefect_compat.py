@@ -1410,20 +1410,20 @@ def flow_run_routes_first(app: Any) -> bool:
     routes = getattr(getattr(api_app, "router", None), "routes", None)
     if not isinstance(routes, list):
         return False
-    segments = [_first_segments(entry) for entry in routes]
-    if any(found is None for found in segments):
+    segments = [found for found in map(_first_segments, routes) if found is not None]
+    if len(segments) != len(routes):
         return False
 
     def rank(index: int) -> int:
         """Where an entry flow runs call goes (its first segment's place), else after all of them."""
-        found = segments[index] or set()
-        if found and found <= set(FLOW_RUN_ROUTES):
+        found = segments[index]
+        if found and found.issubset(FLOW_RUN_ROUTES):
             return min(FLOW_RUN_ROUTES.index(s) for s in found)
         return len(FLOW_RUN_ROUTES)
 
     order = sorted(range(len(routes)), key=lambda i: (rank(i), i))
-    for segment in set().union(*(found or set() for found in segments)):
-        sharing = [i for i in order if segment in (segments[i] or ())]
+    for segment in set().union(*segments):
+        sharing = [i for i in order if segment in segments[i]]
         if sharing != sorted(sharing):  # two entries that could answer one path would swap
             return False
     reordered = [routes[i] for i in order]
