@@ -1379,26 +1379,27 @@ FLOW_RUN_ROUTES = (
 )  # fmt: skip
 
 
-def _entry_paths(entry: Any) -> list[str] | None:
-    """The full paths an entry of a router's `routes` serves, or None if they cannot be read."""
+def _entry_routes(entry: Any) -> list[tuple[str, Any]] | None:
+    """The full path and route of each route an entry of a router's `routes` serves (an included
+    router: each of its routes; else the entry itself), or None if they cannot be read."""
     original, context = getattr(entry, "original_router", None), getattr(entry, "include_context", None)
-    if original is not None and context is not None:
-        paths = []
-        for route in original.routes:
-            if getattr(route, "original_router", None) is not None or not isinstance(getattr(route, "path", None), str):
-                return None
-            paths.append(context.path_for(route))
-        return paths
-    path = getattr(entry, "path", None)
-    return [path] if isinstance(path, str) else None
+    if original is None or context is None:
+        path = getattr(entry, "path", None)
+        return [(path, entry)] if isinstance(path, str) else None
+    routes = []
+    for route in original.routes:
+        if getattr(route, "original_router", None) is not None or not isinstance(getattr(route, "path", None), str):
+            return None
+        routes.append((context.path_for(route), route))
+    return routes
 
 
 def _first_segments(entry: Any) -> set[str] | None:
     """The literal first path segments of an entry's paths; None if one is a parameter or unknown."""
-    paths = _entry_paths(entry)
-    if paths is None:
+    routes = _entry_routes(entry)
+    if routes is None:
         return None
-    segments = {path.lstrip("/").split("/", 1)[0] for path in paths}
+    segments = {path.lstrip("/").split("/", 1)[0] for path, _ in routes}
     return None if any("{" in segment for segment in segments) else segments
 
 

@@ -1066,10 +1066,9 @@ def test_a_flow_runs_routes_come_first_and_every_request_finds_the_same_route(pr
     requests = [
         (sample_path(path), method)
         for entry in built
-        for path, route in zip(compat._entry_paths(entry), getattr(entry, "original_router", entry).routes
-                               if hasattr(entry, "original_router") else [entry], strict=True)
+        for path, route in compat._entry_routes(entry)
         for method in sorted(getattr(route, "methods", None) or {"GET"})
-    ]  # fmt: skip
+    ]
     assert len(requests) > 150
     for path, method in requests:
         assert first_match(moved, path, method) is first_match(built, path, method), (method, path)
