@@ -41,7 +41,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext, suppress
+from contextlib import ExitStack, contextmanager, nullcontext, suppress
 from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -54,6 +54,7 @@ from scalegroups.prefect_compat import (
     flow_run_routes_first,
     lean_server_hot_paths,
 )
+from scalegroups.startup_gc import collection_paused, freeze_once
 
 STATE_FILE = "scalegroups-server.json"
 READY_TIMEOUT_S = 180.0
@@ -299,6 +300,8 @@ class InProcessServer:
         from prefect.context import SettingsContext
         from prefect.settings import temporary_settings
 
+        start_up = ExitStack()  # closed once the server answers (or could not start)
+        start_up.enter_context(collection_paused())  # `scalegroups.startup_gc`
         try:
             with (
                 SettingsContext(profile=SettingsContext.get().profile, settings=self._settings),
@@ -309,10 +312,11 @@ class InProcessServer:
                     return
                 with temporary_settings(set_defaults=startup_setting_defaults()), _hot_paths():
                     server = self._make_server()
-                    asyncio.run(self._serve(server))
+                    asyncio.run(self._serve(server, start_up))
         except BaseException as exc:  # reported by wait_ready
             self._failed = exc
         finally:
+            start_up.close()
             self._ready.set()
 
     def _make_server(self) -> Any:
@@ -325,12 +329,15 @@ class InProcessServer:
         self._server = uvicorn.Server(config)
         return self._server
 
-    async def _serve(self, server: Any) -> None:
+    async def _serve(self, server: Any, start_up: ExitStack) -> None:
         import asyncio
 
         async def mark_ready() -> None:
             while not server.started and not server.should_exit:
                 await asyncio.sleep(0.01)
+            start_up.close()
+            if server.started:
+                freeze_once()  # the server's modules and app, and whatever the process had before
             self._ready.set()
 
         watcher = asyncio.create_task(mark_ready())
@@ -490,14 +497,17 @@ def serve(port: int, host: str = "127.0.0.1") -> None:
     import uvicorn
     from prefect.settings import temporary_settings
 
-    with temporary_settings(set_defaults=server_setting_defaults()):
-        print(f"database: {prepare_database()}", flush=True)
-        from prefect.server.api.server import create_app
+    with temporary_settings(set_defaults=server_setting_defaults()), ExitStack() as scopes:
+        with collection_paused():  # `scalegroups.startup_gc`
+            print(f"database: {prepare_database()}", flush=True)
+            from prefect.server.api.server import create_app
 
-        with temporary_settings(set_defaults=startup_setting_defaults()), _hot_paths():
+            scopes.enter_context(temporary_settings(set_defaults=startup_setting_defaults()))
+            scopes.enter_context(_hot_paths())
             app = create_app(final=True)
             _routes_in_lean_order(app)
-            uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+        freeze_once()
+        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
 
 
 # ------------------------------------------------------------------------------- choosing

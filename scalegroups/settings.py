@@ -62,3 +62,8 @@ def engine_logs_enabled() -> bool:
 def fast_exit_enabled() -> bool:
     """False when `SCALEGROUPS_FAST_EXIT=0`: leave the interpreter's exit as Python does it."""
     return _flag("SCALEGROUPS_FAST_EXIT", True)
+
+
+def startup_gc_enabled() -> bool:
+    """False when `SCALEGROUPS_GC_FREEZE=0`: leave Python's garbage collector alone at start-up."""
+    return _flag("SCALEGROUPS_GC_FREEZE", True)

@@ -34,6 +34,7 @@ from scalegroups.prefect_compat import (
 )
 from scalegroups.process_exit import collect_once_then_freeze_at_exit
 from scalegroups.resources import Resources
+from scalegroups.startup_gc import freeze_once
 
 logger = logging.getLogger("scalegroups")
 
@@ -194,6 +195,7 @@ class EngineRunnerMixin:
             stack.callback(super().__exit__, None, None, None)  # type: ignore[misc]
             stack.callback(flush_all)  # progress artifacts at 100%, while the engine's futures can still be read
             self.on_started(stack)
+            freeze_once()  # Prefect and the engine are loaded now: see `scalegroups.startup_gc`
         except BaseException:
             stack.close()
             raise

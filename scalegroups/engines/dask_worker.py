@@ -35,8 +35,10 @@ class WorkerSetup(WorkerPlugin):
 
 def _install() -> None:
     from scalegroups.prefect_compat import install_worker_hooks
+    from scalegroups.startup_gc import long_lived_start_up
 
-    install_worker_hooks()
+    with long_lived_start_up():  # Prefect's task engine is imported here: see `scalegroups.startup_gc`
+        install_worker_hooks()
 
 
 class _HeartbeatFailureAtShutdown(logging.Filter):

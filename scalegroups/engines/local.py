@@ -11,6 +11,7 @@ from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
 from scalegroups.engines.base import EngineRunnerMixin
 from scalegroups.prefect_compat import install_worker_hooks, pool_processes, runner_executor, runner_pool_size
+from scalegroups.startup_gc import long_lived_start_up
 from scalegroups.watchdog import exit_with_parent
 
 #: pool size the test plugin gives process runners (two workers, like its Dask cluster and Ray)
@@ -33,7 +34,8 @@ def setup_worker_process(initializer: Callable[..., None] | None = None, *initar
     """Process-pool initializer: one Prefect settings object and API client per worker process, and
     an exit when the pool's process dies (a SIGKILLed flow would otherwise leave its workers)."""
     exit_with_parent()
-    install_worker_hooks()
+    with long_lived_start_up():  # Prefect's task engine is imported here: see `scalegroups.startup_gc`
+        install_worker_hooks()
     if initializer is not None:
         initializer(*initargs)
 

@@ -21,9 +21,11 @@ from scalegroups.prefect_compat import (
     install_worker_hooks,
     ray_dashboard_url,
     run_prefect_task_on_ray,
+    worker_hooks_installed,
 )
 from scalegroups.resources import Resources
 from scalegroups.settings import engine_logs_enabled
+from scalegroups.startup_gc import long_lived_start_up
 
 RAY_GCS_PORT = 6379
 RAY_CLIENT_PORT = 10001
@@ -87,7 +89,9 @@ class RayRunner(EngineRunnerMixin, CachedRemoteRayTaskRunner):
         In the task rather than in a `worker_process_setup_hook`: a runtime_env hook makes Ray
         Client (`ray://`) fail to start the job's server.
         """
-        install_worker_hooks()
+        if not worker_hooks_installed():  # the first task run in this worker process
+            with long_lived_start_up():  # see `scalegroups.startup_gc`
+                install_worker_hooks()
         return run_prefect_task_on_ray(*upstream_refs, **kwargs)
 
     @contextmanager
