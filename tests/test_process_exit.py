@@ -41,7 +41,12 @@ def test_exit_collects_once_then_freezes(fast_exit, scalegroups_prefect_api, tmp
     script.write_text(CHILD)
     out, _ = run_python(
         [str(script), str(tmp_path)],
-        env={"PREFECT_API_URL": scalegroups_prefect_api, "SCALEGROUPS_FAST_EXIT": fast_exit},
+        # start-up freezing off (`scalegroups.startup_gc`): any freeze then comes from the exit hook
+        env={
+            "PREFECT_API_URL": scalegroups_prefect_api,
+            "SCALEGROUPS_FAST_EXIT": fast_exit,
+            "SCALEGROUPS_GC_FREEZE": "0",
+        },
     )
     assert out.returncode == 0, out.stderr[-3000:]
     frozen = int((tmp_path / "frozen").read_text())
