@@ -54,6 +54,7 @@ from scalegroups.prefect_compat import (
     flow_run_routes_first,
     lean_server_hot_paths,
 )
+from scalegroups.settings import startup_gc_enabled
 from scalegroups.startup_gc import collection_paused, freeze_once
 
 STATE_FILE = "scalegroups-server.json"
@@ -243,6 +244,7 @@ class InProcessServer:
     """
 
     def __init__(self) -> None:
+        startup_gc_enabled()  # a bad SCALEGROUPS_GC_FREEZE fails here, in the caller, not in the server thread
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind(("127.0.0.1", 0))
@@ -301,8 +303,8 @@ class InProcessServer:
         from prefect.settings import temporary_settings
 
         start_up = ExitStack()  # closed once the server answers (or could not start)
-        start_up.enter_context(collection_paused())  # `scalegroups.startup_gc`
         try:
+            start_up.enter_context(collection_paused())  # `scalegroups.startup_gc`
             with (
                 SettingsContext(profile=SettingsContext.get().profile, settings=self._settings),
                 temporary_settings(set_defaults=self._settings_defaults),

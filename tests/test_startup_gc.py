@@ -137,3 +137,12 @@ def test_worker_processes_freeze_their_start_up_and_keep_collecting(scalegroups_
     assert all(pid != os.getpid() for pid, _, _ in answers)
     assert all(enabled for _, enabled, _ in answers), "a worker's collector was left off"
     assert all(frozen > 50_000 for _, _, frozen in answers), answers  # Prefect's task engine and more
+
+
+def test_a_bad_scalegroups_gc_freeze_fails_in_the_caller_before_any_server_thread(monkeypatch):
+    from scalegroups.errors import ConfigurationError
+    from scalegroups.server import InProcessServer
+
+    monkeypatch.setenv("SCALEGROUPS_GC_FREEZE", "maybe")
+    with pytest.raises(ConfigurationError, match="SCALEGROUPS_GC_FREEZE='maybe' is invalid"):
+        InProcessServer()
