@@ -55,7 +55,7 @@ from scalegroups.prefect_compat import (
     lean_server_hot_paths,
 )
 from scalegroups.settings import startup_gc_enabled
-from scalegroups.startup_gc import collection_paused, freeze_once
+from scalegroups.startup_gc import collection_paused, freeze_once, long_lived_start_up
 
 STATE_FILE = "scalegroups-server.json"
 READY_TIMEOUT_S = 180.0
@@ -500,7 +500,7 @@ def serve(port: int, host: str = "127.0.0.1") -> None:
     from prefect.settings import temporary_settings
 
     with temporary_settings(set_defaults=server_setting_defaults()), ExitStack() as scopes:
-        with collection_paused():  # `scalegroups.startup_gc`
+        with long_lived_start_up():  # paused, then frozen: `scalegroups.startup_gc`
             print(f"database: {prepare_database()}", flush=True)
             from prefect.server.api.server import create_app
 
@@ -508,7 +508,6 @@ def serve(port: int, host: str = "127.0.0.1") -> None:
             scopes.enter_context(_hot_paths())
             app = create_app(final=True)
             _routes_in_lean_order(app)
-        freeze_once()
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
 
 
