@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pytest
 
@@ -12,6 +13,13 @@ def error_passes(message: str) -> bool:
     worker_logger = logging.getLogger("distributed.worker")
     record = worker_logger.makeRecord("distributed.worker", logging.ERROR, __file__, 1, message, (), None)
     return bool(worker_logger.filter(record))
+
+
+def profiler_state(dask_worker: Any) -> tuple[bool, bool]:
+    """On a worker: does its Dask configuration enable the profiler, and does the profiler run?"""
+    import dask
+
+    return dask.config.get("distributed.worker.profile.enabled"), "profile" in dask_worker.periodic_callbacks
 
 
 @pytest.mark.slow
@@ -32,3 +40,18 @@ def test_a_closing_cluster_does_not_print_its_workers_lost_heartbeat():
         _announce_shutdown(client)
         assert list(client.run(error_passes, heartbeat_failure).values()) == [False]
         assert list(client.run(error_passes, "Compute Failed").values()) == [True]  # every other error still shows
+
+
+@pytest.mark.slow
+def test_the_local_profiles_worker_processes_run_without_dasks_profiler():
+    """`worker_config` in clusters/local.yaml reaches real worker processes; `cluster_kwargs` still win."""
+    from distributed import Client, LocalCluster
+
+    from scalegroups.runners import make_task_runner
+
+    kwargs = make_task_runner("dask", max_workers=1, cluster_kwargs={"dashboard_address": None}).cluster_kwargs
+    with LocalCluster(**kwargs) as cluster, Client(cluster) as client:
+        assert list(client.run(profiler_state).values()) == [(False, False)]
+    kwargs["config"]["distributed.worker.profile.enabled"] = True
+    with LocalCluster(**kwargs) as cluster, Client(cluster) as client:
+        assert list(client.run(profiler_state).values()) == [(True, True)]

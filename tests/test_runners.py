@@ -78,9 +78,40 @@ def test_options_merge_into_the_profile_section():
         "threads_per_worker": 1,
         "dashboard_address": ":0",
         "resources": {"CPU": 1},
+        "config": {"distributed.worker.profile.enabled": False},
         "n_workers": 1,
         "memory_limit": "1GiB",
     }
+
+
+def test_worker_config_in_each_cluster_class_terms(tmp_path):
+    """A profile's `dask.worker_config` becomes a `LocalCluster`'s nanny `config`, dask-kubernetes
+    workers' `DASK_*` variables (read back by Dask's own parser), and an error elsewhere."""
+    import dask.config
+
+    from scalegroups.engines import DaskSection
+    from scalegroups.engines.dask import cluster_kwargs
+
+    wanted = {"distributed": {"worker": {"profile": {"enabled": False}}}, "distributed.comm.retry.count": 2}
+    local = DaskSection(worker_config=wanted)
+    assert cluster_kwargs(local)["config"] == {
+        "distributed.worker.profile.enabled": False,
+        "distributed.comm.retry.count": 2,
+    }
+    threads = local.model_copy(update={"cluster_kwargs": {"processes": False}})
+    assert "config" not in cluster_kwargs(threads), "in-process workers read the flow process's own configuration"
+    kube = DaskSection(cluster_class="dask_kubernetes.operator.KubeCluster", worker_config=wanted)
+    variables = cluster_kwargs(kube)["env"]
+    assert variables == {
+        "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False",
+        "DASK_DISTRIBUTED__COMM__RETRY__COUNT": "2",
+    }
+    assert dask.config.collect_env(variables) == {
+        "distributed": {"worker": {"profile": {"enabled": False}}, "comm": {"retry": {"count": 2}}}
+    }
+    other = DaskSection(cluster_class="coiled.Cluster", worker_config=wanted)
+    with pytest.raises(ConfigurationError, match="dask.worker_config cannot be given to 'coiled.Cluster'"):
+        cluster_kwargs(other)
 
 
 def test_unknown_option_is_a_clear_error():

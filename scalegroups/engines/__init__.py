@@ -43,13 +43,17 @@ class DaskSection(Section):
 
     `cluster_kwargs` go to the cluster class unchanged (its own vocabulary); `worker_resources`
     are Dask worker resources (`{"CPU": 1}`) advertised by the workers of a cluster scalegroups
-    starts, the same meaning in every profile.
+    starts, the same meaning in every profile. `worker_config` is Dask configuration (dotted keys)
+    for the worker processes of a cluster scalegroups starts: a `LocalCluster`'s nannies hand it to
+    their workers, dask-kubernetes workers get it as `DASK_*` variables. Workers in the flow's own
+    process (`processes: false`) read that process's Dask configuration instead.
     """
 
     address: str | None = None
     cluster_class: str = "distributed.LocalCluster"
     cluster_kwargs: dict[str, Any] = Field(default_factory=dict)
     worker_resources: dict[str, float] = Field(default_factory=dict)
+    worker_config: dict[str, Any] = Field(default_factory=dict)
     adapt_kwargs: dict[str, Any] | None = None
     client_kwargs: dict[str, Any] = Field(default_factory=dict)
 

@@ -54,10 +54,9 @@ def _is_kube_cluster(cls: Any) -> bool:
     return name.startswith("dask_kubernetes.operator") and name.endswith(".KubeCluster")
 
 
-def _kube_worker_resources(kwargs: dict[str, Any], resources: dict[str, float]) -> dict[str, Any]:
-    """dask-kubernetes `KubeCluster` arguments whose workers advertise `resources` (as variables)."""
+def _kube_worker_variables(kwargs: dict[str, Any], variables: dict[str, str]) -> dict[str, Any]:
+    """dask-kubernetes `KubeCluster` arguments whose workers get these environment variables."""
     kwargs = copy.deepcopy(kwargs)
-    variables = _resource_variables(resources)
     spec = kwargs.get("custom_cluster_spec")
     if spec is None:
         kwargs["env"] = {**(kwargs.get("env") or {}), **variables}
@@ -87,19 +86,46 @@ def _resource_variables(resources: dict[str, float]) -> dict[str, str]:
     return {f"DASK_DISTRIBUTED__WORKER__RESOURCES__{name}": f"{amount:g}" for name, amount in resources.items()}
 
 
+def dotted_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dask configuration as dotted keys (`{"distributed": {"worker": ...}}` -> `"distributed.worker...."`)."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(dotted_config(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def config_variables(config: dict[str, Any]) -> dict[str, str]:
+    """The `DASK_*` environment variables that set this Dask configuration in a process started with them."""
+    return {
+        "DASK_" + key.replace("-", "_").replace(".", "__").upper(): repr(value)
+        for key, value in dotted_config(config).items()
+    }
+
+
 def cluster_kwargs(section: DaskSection) -> dict[str, Any]:
-    """The cluster class's keyword arguments, with `worker_resources` in that class's own terms."""
+    """The cluster class's keyword arguments, with `worker_resources` and `worker_config` in that
+    class's own terms."""
     kwargs = dict(section.cluster_kwargs)
     resources = dict(section.worker_resources)
-    if not resources:
+    config = dotted_config(section.worker_config)
+    if not resources and not config:
         return kwargs
     if _is_kube_cluster(section.cluster_class):
-        return _kube_worker_resources(kwargs, resources)
+        return _kube_worker_variables(kwargs, {**_resource_variables(resources), **config_variables(config)})
     if section.cluster_class == "distributed.LocalCluster":
-        return {**kwargs, "resources": {**kwargs.get("resources", {}), **resources}}
+        if resources:
+            kwargs["resources"] = {**kwargs.get("resources", {}), **resources}
+        if config and kwargs.get("processes") is not False:  # each nanny hands `config` to its worker
+            kwargs["config"] = {**config, **dotted_config(kwargs.get("config") or {})}  # cluster_kwargs win
+        return kwargs
+    what = "worker_resources" if resources else "worker_config"
     raise ConfigurationError(
-        f"dask.worker_resources cannot be given to {section.cluster_class!r}: advertise them in that "
-        "cluster's worker configuration (e.g. DASK_DISTRIBUTED__WORKER__RESOURCES__CPU=1) instead"
+        f"dask.{what} cannot be given to {section.cluster_class!r}: set it in that cluster's worker "
+        "configuration (e.g. DASK_DISTRIBUTED__WORKER__RESOURCES__CPU=1) instead"
     )
 
 
@@ -302,8 +328,11 @@ def _unregister(client: Any) -> None:
 
 
 def start_test_cluster(stack: ExitStack) -> dict[str, str]:
-    """The pytest plugin's Dask: a `LocalCluster` of two one-thread worker processes for the session."""
+    """The pytest plugin's Dask: a `LocalCluster` of two one-thread worker processes for the session,
+    their Dask configuration the `local` profile's `worker_config`."""
     from distributed import LocalCluster
+
+    from scalegroups.profiles import load_profile
 
     cluster = stack.enter_context(
         LocalCluster(
@@ -313,6 +342,7 @@ def start_test_cluster(stack: ExitStack) -> dict[str, str]:
             dashboard_address=None,
             silence_logs=logging.ERROR,
             resources={"CPU": 1},
+            config=dotted_config(load_profile("local").dask.worker_config),
         )
     )
     return {"SCALEGROUPS_ADDRESS": cluster.scheduler_address}
