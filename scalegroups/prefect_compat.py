@@ -451,6 +451,77 @@ def plain_console_lines_off_a_terminal() -> Any:
 
 
 # ------------------------------------------------------------------------------------------------
+# 1e. A process-pool task's environment applied and undone by difference (worker side)
+#
+# Relies on: `prefect.task_runners._run_task_in_subprocess(*args, env=None, **kwargs)` being the
+# module-level function a process-pool worker unpickles by name and calls for every task run, which
+# applies `env` over `os.environ`, calls `_run_task_with_hydrated_context(*args, **kwargs)` (looked
+# up by that module-level name) and then restores the worker's environment exactly as it was
+# (undoing changes the task made too); and on CPython's `os.environ._data`, the dict of encoded
+# names and values behind `os.environ`, kept equal to the process's environment.
+#
+# Why: Prefect ships the flow process's whole environment with every task (~40-60 variables) and
+# the worker copied its environment, set every shipped variable, cleared every variable and set
+# them all again, each through `putenv`/`unsetenv` and an encode/decode in Python: ~0.3 ms of CPU
+# per task run for an environment of 35 variables. Here only the variables whose value differs are
+# set, and the environment is compared after the task run (a dict comparison) and restored only
+# where it changed: the same environment before, during and after every task run.
+# ------------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def environment_applied(env: dict[str, str]) -> Iterator[None]:
+    """`os.environ` with `env` set over it for the block, and afterwards exactly as it was before
+    the block (changes made inside it undone too), touching only variables that differ."""
+    import os
+
+    before = os.environ._data.copy()  # type: ignore[attr-defined]
+    for name, value in env.items():
+        if os.environ.get(name) != value:
+            os.environ[name] = value
+    try:
+        yield
+    finally:
+        if os.environ._data != before:  # type: ignore[attr-defined]
+            _restore_environment(before)
+
+
+def _restore_environment(before: dict[bytes, bytes]) -> None:
+    import os
+
+    current = os.environ._data  # type: ignore[attr-defined]
+    for key in [key for key in current if key not in before]:
+        del os.environ[os.fsdecode(key)]
+    for key, value in before.items():
+        if current.get(key) != value:
+            os.environ[os.fsdecode(key)] = os.fsdecode(value)
+
+
+class _TaskEnvironmentByDifference(_ReplacedAttribute):
+    """Prefect's process-pool entry point with the task's environment applied by difference."""
+
+    module, name = "prefect.task_runners", "_run_task_in_subprocess"
+
+    def _replacement(self, original: Any) -> Any:
+        import prefect.task_runners
+
+        def run_task_in_subprocess(*args: Any, env: dict[str, str] | None = None, **kwargs: Any) -> Any:
+            with environment_applied(env or {}):
+                return prefect.task_runners._run_task_with_hydrated_context(*args, **kwargs)
+
+        return run_task_in_subprocess
+
+
+_task_environment_by_difference = _TaskEnvironmentByDifference()
+
+
+def task_environment_by_difference() -> Any:
+    """Context manager: while open, process-pool task runs in this process apply their shipped
+    environment by difference (see above)."""
+    return _task_environment_by_difference.scope()
+
+
+# ------------------------------------------------------------------------------------------------
 # 2. Worker processes: one Settings object per shipped context, one API client per process
 #
 # Relies on: `prefect.context.hydrated_context(serialized_context, client)` being looked up as
@@ -496,6 +567,7 @@ class _WorkerHooks:
             self._scopes.enter_context(shared_tls_contexts())
             self._scopes.enter_context(uncompressed_events_on_loopback())
             self._scopes.enter_context(internal_level_per_settings())
+            self._scopes.enter_context(task_environment_by_difference())
 
     def uninstall(self) -> None:
         import prefect.context

@@ -283,6 +283,68 @@ def test_process_pool_workers_run_tasks_without_importing_dask_or_ray(scalegroup
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
 
 
+TASK_ENVIRONMENT_CHILD = """
+import json, os
+import prefect.task_runners
+from prefect import flow, task
+from scalegroups import make_task_runner
+
+@task
+def first() -> dict:
+    os.environ["SG_SET_BY_A_TASK"] = "1"
+    entry = prefect.task_runners._run_task_in_subprocess
+    return {"shipped": os.environ.get("SG_SHIPPED"), "pid": os.getpid(), "entry": entry.__module__}
+
+@task
+def second() -> dict:
+    return {"left": os.environ.get("SG_SET_BY_A_TASK"), "shipped": os.environ.get("SG_SHIPPED"), "pid": os.getpid()}
+
+@flow(task_runner=make_task_runner("process", max_workers=1))
+def main() -> list:
+    os.environ["SG_SHIPPED"] = "from the flow"
+    a = first.submit()
+    return [a.result(), second.submit(wait_for=[a]).result()]
+
+print(json.dumps(main()))
+"""
+
+
+def test_prefects_process_pool_entry_takes_the_environment_and_restores_it():
+    original = compat._task_environment_by_difference.prefects()
+    assert "env" in inspect.signature(original).parameters
+    source = inspect.getsource(original)
+    assert "_run_task_with_hydrated_context(*args, **kwargs)" in source
+    assert "os.environ.clear()" in source and "os.environ.update(original_environ)" in source
+
+
+def test_an_environment_applied_by_difference_is_restored_exactly(monkeypatch):
+    import os
+
+    monkeypatch.setenv("SG_KEPT", "same")
+    monkeypatch.setenv("SG_CHANGED", "before")
+    monkeypatch.delenv("SG_ADDED", raising=False)
+    before = dict(os.environ)
+    assert os.environ._data == {os.fsencode(k): os.fsencode(v) for k, v in before.items()}  # what we compare
+    with compat.environment_applied({"SG_KEPT": "same", "SG_CHANGED": "during", "SG_ADDED": "new"}):
+        assert (os.environ["SG_CHANGED"], os.environ["SG_ADDED"]) == ("during", "new")
+        os.environ["SG_BY_THE_TASK"] = "x"
+        del os.environ["SG_KEPT"]
+    assert dict(os.environ) == before
+    with pytest.raises(RuntimeError), compat.environment_applied({"SG_ADDED": "new"}):
+        raise RuntimeError("a failing task run")
+    assert dict(os.environ) == before
+
+
+def test_process_pool_task_runs_apply_the_flows_environment_and_undo_their_own(scalegroups_prefect_api):
+    out, _ = run_python(["-c", TASK_ENVIRONMENT_CHILD], env={"PREFECT_API_URL": scalegroups_prefect_api})
+    assert out.returncode == 0, out.stderr[-3000:]
+    first, second = json.loads(out.stdout.strip().splitlines()[-1])
+    assert first["entry"] == "scalegroups.prefect_compat", "the worker runs task runs through our entry point"
+    assert first["pid"] == second["pid"]
+    assert first["shipped"] == second["shipped"] == "from the flow"
+    assert second["left"] is None, "a task's own change to the environment does not reach the next task run"
+
+
 # ----------------------------------------------------------------------- 3. small reads
 
 
