@@ -21,6 +21,7 @@ import re
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 
 import cloudpickle
@@ -150,6 +151,7 @@ def test_worker_hooks_reuse_settings_and_client_and_hydrate_like_prefect(capture
                 client_context and client_context.client,
                 ctx.flow_run,
                 ctx.result_store,
+                prefect.context.SettingsContext.get().profile,
             )
 
     stock = in_fresh_thread(hydrate)
@@ -167,6 +169,7 @@ def test_worker_hooks_reuse_settings_and_client_and_hydrate_like_prefect(capture
     assert one[2] == two[2] == stock[2] == captured["flow_run_id"]
     assert one[0].hash_key() == stock[0].hash_key(), "hooked settings differ from Prefect's"
     assert one[4] is two[4] and one[5] is two[5], "flow run or result store validated per task run"
+    assert one[6] is two[6] and one[6] == stock[6], "hooked profile differs from Prefect's"
     assert one[4].model_dump() == stock[4].model_dump(), "hooked flow run differs from Prefect's"
     assert one[5].model_dump(serialize_as_any=True) == stock[5].model_dump(serialize_as_any=True)
 
@@ -343,6 +346,50 @@ def test_process_pool_task_runs_apply_the_flows_environment_and_undo_their_own(s
     assert first["pid"] == second["pid"]
     assert first["shipped"] == second["shipped"] == "from the flow"
     assert second["left"] is None, "a task's own change to the environment does not reach the next task run"
+
+
+def test_every_result_record_resolves_its_storage_key_through_the_block():
+    from prefect.results import ResultStore
+
+    assert "_resolve_path(key)" in inspect.getsource(ResultStore.create_result_record)
+
+
+def test_storage_paths_joined_are_the_paths_prefect_resolves(tmp_path, monkeypatch):
+    from prefect.filesystems import LocalFileSystem
+
+    prefects = compat._storage_paths_joined.prefects()
+    real, outside = tmp_path / "real", tmp_path / "outside"
+    real.mkdir(), outside.mkdir()
+    (tmp_path / "via-link").symlink_to(real)
+    (real / "escape").symlink_to(outside / "x")
+    (real / "inner").symlink_to(real / "existing")
+    (real / "existing").write_text("")
+    monkeypatch.chdir(real)
+    blocks = [LocalFileSystem(basepath=str(tmp_path / "via-link")), LocalFileSystem(basepath=None)]
+    keys = ["0f3a9c", "existing", "inner", "sub/dir", "../real/x", ".", "~x", "escape"]
+
+    def answers(resolve: Callable[..., object]) -> list[object]:
+        out = []
+        for block in blocks:
+            for key in keys:
+                try:
+                    out.append(resolve(block, key))
+                except (ValueError, RuntimeError) as error:  # outside the base; an unknown ~user
+                    out.append(type(error))
+        return out
+
+    with compat.storage_paths_joined():
+        assert LocalFileSystem._resolve_path is not prefects
+        ours = answers(LocalFileSystem._resolve_path)
+        ours_again = answers(LocalFileSystem._resolve_path)  # the remembered bases
+        stock = answers(prefects)
+        (tmp_path / "via-link").unlink()
+        (tmp_path / "via-link").symlink_to(outside)  # the base now names another directory
+        retargeted = LocalFileSystem._resolve_path(blocks[0], "0f3a9c")
+    assert LocalFileSystem._resolve_path is prefects
+    assert ours == ours_again == stock
+    assert ours[0] == real / "0f3a9c" and ours[-1] is ValueError
+    assert retargeted == prefects(blocks[0], "0f3a9c") == outside / "0f3a9c"
 
 
 # ----------------------------------------------------------------------- 3. small reads

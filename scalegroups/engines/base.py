@@ -31,6 +31,7 @@ from scalegroups.prefect_compat import (
     known_blocks_without_collections,
     remembered_setting_values,
     ship_context_once,
+    storage_paths_joined,
 )
 from scalegroups.process_exit import collect_once_then_freeze_at_exit
 from scalegroups.resources import Resources
@@ -186,6 +187,7 @@ class EngineRunnerMixin:
             stack.enter_context(end_flow_runs_without_heartbeat_join())
             stack.enter_context(known_blocks_without_collections())
             stack.enter_context(remembered_setting_values())
+            stack.enter_context(storage_paths_joined())
             if self.uses_worker_processes:
                 from scalegroups.server import ensure_api
 
