@@ -453,7 +453,8 @@ def plain_console_lines_off_a_terminal() -> Any:
 # ------------------------------------------------------------------------------------------------
 # 1e. A process-pool task's environment applied and undone by difference (worker side)
 #
-# Relies on: `prefect.task_runners._run_task_in_subprocess(*args, env=None, **kwargs)` being the
+# Relies on (Prefect 3.9.1 on; 3.9.0 only sets the environment and is left alone):
+# `prefect.task_runners._run_task_in_subprocess(*args, env=None, **kwargs)` being the
 # module-level function a process-pool worker unpickles by name and calls for every task run, which
 # applies `env` over `os.environ`, calls `_run_task_with_hydrated_context(*args, **kwargs)` (looked
 # up by that module-level name) and then restores the worker's environment exactly as it was
@@ -502,6 +503,10 @@ class _TaskEnvironmentByDifference(_ReplacedAttribute):
 
     module, name = "prefect.task_runners", "_run_task_in_subprocess"
 
+    def _install(self) -> None:
+        if applies_environment_and_restores_it():
+            super()._install()
+
     def _replacement(self, original: Any) -> Any:
         import prefect.task_runners
 
@@ -510,6 +515,15 @@ class _TaskEnvironmentByDifference(_ReplacedAttribute):
                 return prefect.task_runners._run_task_with_hydrated_context(*args, **kwargs)
 
         return run_task_in_subprocess
+
+
+def applies_environment_and_restores_it() -> bool:
+    """True where Prefect's process-pool entry point swaps the task's environment in and out around
+    `_run_task_with_hydrated_context` (Prefect 3.9.1 on); Prefect 3.9.0 only sets it, which is
+    left as it is."""
+    import prefect.task_runners
+
+    return hasattr(prefect.task_runners, "_run_task_with_hydrated_context")
 
 
 _task_environment_by_difference = _TaskEnvironmentByDifference()
