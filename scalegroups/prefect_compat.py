@@ -567,20 +567,19 @@ class _ResolvedBases:
 
         key = (basepath or ".", os.getcwd(), os.environ.get("HOME", ""))
         try:
-            stat = os.stat(key[0] if not key[0].startswith("~") else os.path.expanduser(key[0]))
-        except OSError:
-            stat = None
-        identity = (stat.st_dev, stat.st_ino) if stat is not None else (-1, -1)
+            stat = os.stat(os.path.expanduser(key[0]))
+        except OSError:  # not there yet: nothing to remember
+            return Path(key[0]).expanduser().resolve()
+        identity = (stat.st_dev, stat.st_ino)
         with self._lock:
             known = self._known.get(key)
-            if known is not None and known[1] == identity and stat is not None:
-                return known[0]
+        if known is not None and known[1] == identity:
+            return known[0]
         resolved = Path(key[0]).expanduser().resolve()
-        if stat is not None:
-            with self._lock:
-                self._known[key] = (resolved, identity)
-                while len(self._known) > self._size:
-                    self._known.popitem(last=False)
+        with self._lock:
+            self._known[key] = (resolved, identity)
+            while len(self._known) > self._size:
+                self._known.popitem(last=False)
         return resolved
 
 
