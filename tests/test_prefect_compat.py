@@ -912,9 +912,11 @@ with compat.lean_server_hot_paths():
 compat.install_worker_hooks()
 assert Setting.value.__module__ == compat.__name__
 assert compat._tls_in_clients.active and compat._uncompressed_events.active and compat._internal_level.active
+assert compat._related_per_flow_run.active
 compat.uninstall_worker_hooks()
 assert (Setting.value, SafeLogger.isEnabledFor) == prefects
 assert not compat._tls_in_clients.active and not compat._uncompressed_events.active
+assert not compat._related_per_flow_run.active
 print("ok")
 """
     out, _ = run_python(["-c", code])
@@ -1265,3 +1267,73 @@ def test_the_in_process_server_tries_a_flow_runs_routes_first(monkeypatch):
     finally:
         local.stop()
     assert compat._first_segments(app.api_app.router.routes[0]) == {"health"}
+
+
+# ---------------------------------------------------------------- 13. related resources per flow run
+@task(tags=["task-tag"])
+def related_resources_both_ways() -> list:
+    """Inside a task run: each exclusion's related resources from Prefect's function and ours, and
+    the related resources Prefect's events worker attaches to an event through either."""
+    from prefect.client.orchestration import get_client
+    from prefect.events import Event
+    from prefect.events.worker import EventsWorker
+
+    context = prefect.context.TaskRunContext.get()
+    flow_run = prefect.context.FlowRunContext.get().flow_run
+    task_run_id = f"prefect.task-run.{context.task_run.id}"
+    exclusions = [set(), {task_run_id}, {f"prefect.flow-run.{flow_run.id}"}, {f"prefect.flow.{flow_run.flow_id}"}]
+    exclusions += [{"prefect.tag.flow-tag", task_run_id}, {"prefect.tag.task-tag"}]
+
+    async def answers() -> list:
+        import prefect.events.worker as events_worker
+
+        async with get_client() as client:
+            worker = object.__new__(EventsWorker)  # only its client is used to attach
+            worker._orchestration_client = client
+            out = []
+            for exclude in exclusions:
+                found = await events_worker.related_resources_from_run_context(client, exclude=set(exclude))
+                out.append([r.model_dump() for r in found])
+            event = Event(event="scalegroups.test", resource={"prefect.resource.id": task_run_id})
+            await worker.attach_related_resources_from_context(event)
+            out.append([r.model_dump() for r in event.related])
+            return out
+
+    prefects = compat._related_per_flow_run.prefects()
+    import prefect.events.worker as events_worker
+
+    with compat.related_resources_per_flow_run():
+        assert events_worker.related_resources_from_run_context is not prefects
+        ours = [asyncio.run(answers()) for _ in range(2)]  # built, then kept
+    held = events_worker.related_resources_from_run_context  # ours, if this process holds it
+    events_worker.related_resources_from_run_context = prefects
+    try:
+        theirs = asyncio.run(answers())
+    finally:
+        events_worker.related_resources_from_run_context = held
+    return [ours, theirs]
+
+
+def test_an_events_related_resources_are_the_ones_prefect_attaches(scalegroups_prefect_api, monkeypatch):
+    from prefect import tags
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    monkeypatch.setenv("PREFECT_API_URL", scalegroups_prefect_api)
+
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=1))
+    def tagged_flow() -> list:
+        with tags("flow-tag"):
+            return related_resources_both_ways.submit().result()
+
+    (first, again), theirs = tagged_flow()
+    assert first == again == theirs
+    ids = [r["prefect.resource.id"] for r in theirs[0]]
+    assert [i.split(".")[1] for i in ids] == ["flow-run", "task-run", "flow", "tag", "tag"], ids
+    assert theirs[-1] == theirs[1]  # attached to a task run's event: all but the task run itself
+
+
+def test_related_resources_outside_a_run_are_prefects_empty_answer():
+    with compat.related_resources_per_flow_run():
+        import prefect.events.worker as events_worker
+
+        assert asyncio.run(events_worker.related_resources_from_run_context(client=None)) == []
