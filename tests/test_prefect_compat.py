@@ -820,6 +820,31 @@ def test_the_recorder_inserts_states_through_the_function_we_replace():
     assert recorder._insert_task_run_states is before
 
 
+def test_a_published_event_reaches_the_recorders_parse_without_json():
+    import prefect.server.services.task_run_recorder as recorder
+    from prefect.server.events.messaging import EventPublisher, create_event_publisher
+    from prefect.server.events.schemas.events import ReceivedEvent
+
+    assert "ReceivedEvent.model_validate_json(message.data)" in inspect.getsource(recorder.consumer)
+    prefects = (EventPublisher.publish_event, EventPublisher.publish_data)
+    event = a_server_event().receive()
+    encoded = event.model_dump_json().encode()  # what Prefect's publisher sends and the recorder parses
+
+    async def publish() -> None:
+        async with create_event_publisher() as publisher:
+            await publisher.publish_event(event)
+
+    with compat.lean_server_hot_paths():
+        assert ReceivedEvent.model_validate_json(encoded) is not event  # nothing published yet
+        asyncio.run(publish())
+        assert ReceivedEvent.model_validate_json(encoded) is event  # handed over, once
+        again = ReceivedEvent.model_validate_json(encoded)  # parsed from the JSON again
+        assert again is not event and again == event
+    assert (EventPublisher.publish_event, EventPublisher.publish_data) == prefects
+    assert "model_validate_json" not in vars(ReceivedEvent)
+    assert ReceivedEvent.model_validate_json(encoded) == event
+
+
 @task(persist_result=True)
 def doubled_and_kept(value: int) -> int:
     return value * 2
