@@ -822,8 +822,9 @@ def test_the_recorder_inserts_states_through_the_function_we_replace():
 
 def test_a_published_event_reaches_the_recorders_parse_without_json():
     import prefect.server.services.task_run_recorder as recorder
-    from prefect.server.events.messaging import EventPublisher, create_event_publisher
+    from prefect.server.events.messaging import EventPublisher
     from prefect.server.events.schemas.events import ReceivedEvent
+    from prefect.server.utilities.messaging import create_publisher
 
     assert "ReceivedEvent.model_validate_json(message.data)" in inspect.getsource(recorder.consumer)
     before = (EventPublisher.publish_event, EventPublisher.publish_data)  # ours already while a lean
@@ -832,7 +833,9 @@ def test_a_published_event_reaches_the_recorders_parse_without_json():
     encoded = event.model_dump_json().encode()  # what Prefect's publisher sends and the recorder parses
 
     async def publish() -> None:
-        async with create_event_publisher() as publisher:
+        # Prefect's event publisher over a topic of its own: on the shared "events" topic, the
+        # recorder of a server running in this process would consume (and take) this event
+        async with EventPublisher(create_publisher(topic="scalegroups-handover-test")) as publisher:
             await publisher.publish_event(event)
 
     with compat.lean_server_hot_paths():
