@@ -1723,9 +1723,9 @@ def flow_run_routes_first(app: Any) -> bool:
 # lookups, a time-stamp per cached object and a validated model per resource, for the same answer
 # every time within one flow run. Here the flow run's part (flow run, flow, deployment, work queue,
 # work pool and their tags) is kept per flow run, keyed by every field of the `FlowRun` the lookup
-# reads, the task run's resource is made per call, and the same exclusion and tag rules are applied
-# per call to fresh resource objects. Without a `FlowRun` in the context (a task run on its own),
-# Prefect's function runs as it ships.
+# reads, the task run's resource per task run and each tag's per tag (a bounded memo), and the same
+# exclusion and tag rules are applied per call to fresh resource objects. Without a `FlowRun` in
+# the context (a task run on its own), Prefect's function runs as it ships.
 # ------------------------------------------------------------------------------------------------
 
 _RELATED_PARTS_KEPT = 256
