@@ -190,6 +190,35 @@ def _reference(obj: Any) -> Any:
         return lambda: obj
 
 
+class _KeptFew:
+    """A small thread-safe memo that forgets its oldest entry beyond `size` entries."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._entries: dict[Any, Any] = {}
+        self._lock = threading.Lock()
+
+    def find(self, key: Any) -> Any:
+        with self._lock:
+            return self._entries.get(key)
+
+    def take(self, key: Any) -> Any:
+        """The value kept for `key`, forgotten (None if there is none)."""
+        with self._lock:
+            return self._entries.pop(key, None)
+
+    def get(self, key: Any, build: Any) -> Any:
+        """The value kept for `key`, else `build()` kept (built outside the lock)."""
+        found = self.find(key)
+        if found is not None:
+            return found
+        value = build()
+        with self._lock:
+            if len(self._entries) >= self._size:
+                self._entries.pop(next(iter(self._entries)))
+            return self._entries.setdefault(key, value)
+
+
 class _ScopedPatch:
     """A patch installed while at least one scope is open (reference-counted, thread-safe)."""
 
@@ -1215,19 +1244,11 @@ class _EventsHandedToTheRecorder(_ScopedPatch):
     def __init__(self, size: int = 4096) -> None:
         super().__init__()
         self._size = size
-        self._events: dict[Any, Any] = {}  # encoded event -> the event it was encoded from
-        self._events_lock = threading.Lock()
+        self._events = _KeptFew(size)  # encoded event -> the event it was encoded from
         self._originals: dict[str, Any] = {}
 
-    def hand_over(self, data: Any, event: Any) -> None:
-        with self._events_lock:
-            if len(self._events) >= self._size:  # never taken (a duplicate, no consumer): forget
-                self._events.pop(next(iter(self._events)))
-            self._events[data] = event
-
     def take(self, data: Any) -> Any:
-        with self._events_lock:
-            return self._events.pop(data, None)
+        return self._events.take(data)
 
     def _install(self) -> None:
         from prefect.server.events.messaging import EventPublisher
@@ -1247,7 +1268,7 @@ class _EventsHandedToTheRecorder(_ScopedPatch):
         async def publish_data_handed_over(publisher: Any, data: bytes, attributes: Any) -> None:
             event = publishing.get()
             if event is not None and attributes.get("id") == str(event.id):
-                self.hand_over(data, event)
+                self._events.get(data, lambda: event)  # the oldest, never taken, is forgotten
             await publish_data(publisher, data, attributes)
 
         def model_validate_json(cls: Any, json_data: Any, **kwargs: Any) -> Any:
@@ -1273,8 +1294,7 @@ class _EventsHandedToTheRecorder(_ScopedPatch):
         if schemas is not None and "model_validate_json" in vars(schemas.ReceivedEvent):
             del schemas.ReceivedEvent.model_validate_json
         self._originals = {}
-        with self._events_lock:
-            self._events.clear()
+        self._events = _KeptFew(self._size)
 
 
 _receive_once = _ReceiveWithoutRevalidation()
@@ -1729,30 +1749,6 @@ def flow_run_routes_first(app: Any) -> bool:
 # ------------------------------------------------------------------------------------------------
 
 _RELATED_PARTS_KEPT = 256
-
-
-class _KeptFew:
-    """A small thread-safe memo that forgets its oldest entry beyond `size` entries."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._entries: dict[Any, Any] = {}
-        self._lock = threading.Lock()
-
-    def find(self, key: Any) -> Any:
-        with self._lock:
-            return self._entries.get(key)
-
-    def get(self, key: Any, build: Any) -> Any:
-        """The value kept for `key`, else `build()` kept (built outside the lock)."""
-        found = self.find(key)
-        if found is not None:
-            return found
-        value = build()
-        with self._lock:
-            if len(self._entries) >= self._size:
-                self._entries.pop(next(iter(self._entries)))
-            return self._entries.setdefault(key, value)
 
 
 class _RelatedResourcesPerFlowRun(_ReplacedAttribute):
