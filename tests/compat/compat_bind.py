@@ -15,15 +15,25 @@ It is driven by environment variables that `tests/compat/run.py` sets:
   deselected, and the count is printed.
 - `COMPAT_REPORT`: where to write the JSON result (per test: outcome, first lines of the error).
 
+One change to the run's infrastructure, the same in both modes: both upstream conftests start
+their session's API server with Prefect's `prefect_test_harness()`, whose start-up timeout is a
+fixed 30 s. On a fresh `PREFECT_HOME` that start migrates a new database; with both suites side by
+side on 2 cores it took 27.6 s in one run and over 30 s in the next, and every test of that run
+then errored in set-up (CI, 2026-12-02: "no test passed" on the stock runner). Here the harness
+waits as long as Prefect's own setting `PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS` says
+(`run.py` sets it); a server that never answers still fails the run, only later.
+
 Prefect's own `tests/test_task_runners.py` (ThreadPoolTaskRunner / ProcessPoolTaskRunner) has no
 binding here: the `prefect` sdist ships no `tests/` directory; see `run.py` for why it cannot run.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -82,7 +92,7 @@ class CompatPlugin:
             self.expected[stock_name] = _qualified(ours)
 
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
-        lines = [f"{PREFIX} suite {SUITE}, mode {MODE}"]
+        lines = [f"{PREFIX} suite {SUITE}, mode {MODE}", _HARNESS_LINE]
         if MODE == "stock":
             lines += [f"{PREFIX} no binding; tests must see {name} = {q}" for name, q in self.expected.items()]
         for entry in self.bound:
@@ -199,10 +209,30 @@ def _skip_reason(report: Any) -> str:
     return str(longrepr)
 
 
+def _harness_waits_for_the_setting() -> str:
+    """Make `prefect_test_harness()` without arguments wait for the server as long as
+    `PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS` says (Prefect's own fallback for `None`).
+
+    Must run before the upstream conftest does `from prefect.testing.utilities import
+    prefect_test_harness`; returns the line for the report header."""
+    import prefect.testing.utilities as utilities
+
+    harness: Callable[..., Any] = utilities.prefect_test_harness
+
+    @functools.wraps(harness)
+    def prefect_test_harness(server_startup_timeout: int | None = None) -> Any:
+        return harness(server_startup_timeout=server_startup_timeout)
+
+    utilities.prefect_test_harness = prefect_test_harness
+    seconds = os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "Prefect's default")
+    return f"{PREFIX} prefect_test_harness() waits {seconds} s for its server (Prefect's fixed default: 30 s)"
+
+
 # Bind when `-p compat_bind` imports this module: that is before pytest loads the upstream
 # conftest.py and long before it imports a test module.
 _plugin = CompatPlugin()
 _plugin.bind()
+_HARNESS_LINE = _harness_waits_for_the_setting()
 
 
 @pytest.hookimpl(tryfirst=True)
