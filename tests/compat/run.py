@@ -17,7 +17,9 @@ only if it then fails on ours and passes on stock. The stock failures are always
 
 Every run gets a fresh PREFECT_HOME and Ray temp folder, none of the caller's PREFECT_* or
 SCALEGROUPS_* variables, PREFECT_SERVER_ANALYTICS_ENABLED=false and a 120 s ephemeral server
-start-up timeout, the same in both modes; our own pytest plugin is disabled in both. Processes a
+start-up timeout, which `compat_bind` also makes upstream's `prefect_test_harness()` wait (its own
+is a fixed 30 s; its server start took 28 s on an idle machine), the same in both modes; our own
+pytest plugin is disabled in both. Processes a
 run leaves behind (found by an inherited marker variable) are stopped and named.
 
 Exit status: 0 no regression; 1 regressions; 2 a run could not run (download, collection, a
