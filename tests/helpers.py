@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 
 import psutil
-from prefect import task
+from prefect import get_run_logger, task
 
 import scalegroups
 
@@ -44,6 +44,12 @@ def doubled_plus(item: int):
     first = double.submit(item) if item != 3 else explode.submit(item)
     second = double.submit(item + 1, wait_for=[first])
     return {"first": first, "final": add.submit(first, second)}
+
+
+@task
+def logs_a_line(item: int) -> int:
+    get_run_logger().info("scalegroups log check: item %d", item)
+    return item
 
 
 @task

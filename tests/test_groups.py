@@ -5,7 +5,16 @@ from __future__ import annotations
 import os
 
 import pytest
-from helpers import calls_group, double, doubled_plus, recorded_task_run, submits_task, where
+from helpers import (
+    calls_group,
+    double,
+    doubled_plus,
+    eventually,
+    logs_a_line,
+    recorded_task_run,
+    submits_task,
+    where,
+)
 from prefect import flow
 
 import scalegroups
@@ -112,6 +121,42 @@ def test_task_runs_carry_the_group_name(scalegroups_runner):
     assert task_run.name == "doubled_plus/double"
     assert task_run.state.is_completed()
     assert task_run.tags == [], "a tag would cost an API call per task run"
+
+
+@scalegroups.group
+def logged(item: int):
+    return logs_a_line.submit(item)
+
+
+@scalegroups.flow
+def logging_groups(items: int) -> dict[str, int]:
+    runs = [logged(i) for i in range(items)]
+    return {str(run.futures[0].task_run_id): run.result() for run in runs}
+
+
+def test_every_task_runs_log_lines_reach_the_api(scalegroups_runner):
+    """A task's own log line and Prefect's "Finished" line, per task run, wherever it ran."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterTaskRunId
+
+    items = 6
+    runs = logging_groups(items)
+    assert sorted(runs.values()) == list(range(items))
+    expected = {task_run_id: f"scalegroups log check: item {item}" for task_run_id, item in runs.items()}
+
+    def all_logged():
+        with get_client(sync_client=True) as client:
+            logs = client.read_logs(log_filter=LogFilter(task_run_id=LogFilterTaskRunId(any_=list(expected))))
+        messages: dict[str, list[str]] = {}
+        for log in logs:
+            messages.setdefault(str(log.task_run_id), []).append(log.message)
+        finished = {t for t, lines in messages.items() if any("Finished in state Completed" in m for m in lines)}
+        complete = all(t in finished and line in messages[t] for t, line in expected.items())
+        return messages if complete else None
+
+    messages = eventually(all_logged, f"the log lines of {items} task runs in the API")
+    for task_run_id in expected:
+        assert sum(m == expected[task_run_id] for m in messages[task_run_id]) == 1, messages[task_run_id]
 
 
 @scalegroups.flow
