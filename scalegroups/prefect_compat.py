@@ -663,6 +663,80 @@ def storage_paths_joined() -> Any:
 
 
 # ------------------------------------------------------------------------------------------------
+# 1g. A process-pool worker sends its events and API logs to the API itself (worker side)
+#
+# Relies on: `prefect.task_runners._initialize_process_pool_worker(message_queue, initializer,
+# initargs)` being the pool's initializer, which points `EventsWorker.set_client_override` at
+# `ProcessPoolForwardingEventsClient` and `prefect.logging.handlers.set_api_log_sink` at the
+# queue before it calls the runner's own initializer; on `EventsWorker._client_override` and
+# `prefect.logging.handlers._api_log_sink` being where those two are kept, and on
+# `set_client_override(None)` / `set_api_log_sink(None)` giving the worker Prefect's own clients
+# (what Prefect itself does in a worker without a queue); and on a spawned worker draining its
+# events and log workers at a normal exit (`threading._register_atexit`, as Dask and Ray workers do).
+#
+# Why: Prefect's process pool sends every event and API log line of a worker to the flow process
+# through a multiprocessing queue: the worker's feeder thread pickles each validated `Event`
+# (0.7 ms of CPU per task run), the flow process's forwarding thread unpickles it (0.85 ms) and the
+# flow process's events worker handles it a second time (attaching related resources, encoding it,
+# sending it over its own websocket), so every worker's events cost the one flow process too. With
+# the API on a real server (an API URL in the worker's settings), each worker sends its own over
+# its own connection, as Dask and Ray workers do; the flow process keeps only its own. A runner
+# with subprocess message processors keeps the relay (the processors see the forwarded messages),
+# and so does a worker without an API URL (Prefect's ephemeral mode).
+# ------------------------------------------------------------------------------------------------
+
+
+class _WorkerTalksToTheApi(_ScopedPatch):
+    """Prefect's own events client and API log worker in a process-pool worker, not the relay."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._relay: tuple[Any, Any] | None = None
+
+    def _install(self) -> None:
+        import prefect.logging.handlers as handlers
+        from prefect.events.worker import EventsWorker
+        from prefect.settings import get_current_settings
+
+        if not get_current_settings().api.url:
+            return
+        self._relay = (EventsWorker._client_override, handlers._api_log_sink)
+        EventsWorker.set_client_override(None)
+        handlers.set_api_log_sink(None)
+
+    def _uninstall(self) -> None:
+        import sys
+
+        relay, self._relay = self._relay, None
+        handlers = sys.modules.get("prefect.logging.handlers")
+        worker = sys.modules.get("prefect.events.worker")
+        if relay is None or handlers is None or worker is None:
+            return
+        worker.EventsWorker._client_override, sink = relay
+        handlers.set_api_log_sink(sink)
+
+    @property
+    def talks_to_the_api(self) -> bool:
+        """True while this process's events and API logs go to the API directly."""
+        return self._relay is not None
+
+
+_worker_talks_to_the_api = _WorkerTalksToTheApi()
+
+
+def process_pool_worker_talks_to_the_api() -> bool:
+    """In a process-pool worker set up by Prefect: send this process's events and API logs to the
+    API itself, for the rest of the process (see above). True if it does (the worker has an API URL)."""
+    _worker_talks_to_the_api.hold_for_process()
+    return _worker_talks_to_the_api.talks_to_the_api
+
+
+def worker_talks_to_the_api() -> Any:
+    """Context manager: `process_pool_worker_talks_to_the_api()` while open (for tests)."""
+    return _worker_talks_to_the_api.scope()
+
+
+# ------------------------------------------------------------------------------------------------
 # 2. Worker processes: one Settings object per shipped context, one API client per process
 #
 # Relies on: `prefect.context.hydrated_context(serialized_context, client)` being looked up as

@@ -356,6 +356,71 @@ def test_process_pool_task_runs_apply_the_flows_environment_and_undo_their_own(s
     assert second["left"] is None, "a task's own change to the environment does not reach the next task run"
 
 
+def test_prefects_process_pool_initializer_sets_up_the_relay_we_turn_off(scalegroups_prefect_api):
+    """Prefect's pool initializer points events and API logs at the queue; inside our scope the
+    worker has Prefect's own clients (as without a queue), and the relay is back after it."""
+    import queue
+
+    import prefect.logging.handlers as handlers
+    from prefect.events.worker import EventsWorker, ProcessPoolForwardingEventsClient
+
+    assert "initializer" in inspect.signature(prefect.task_runners._initialize_process_pool_worker).parameters
+    prefect.task_runners._initialize_process_pool_worker(queue.Queue())
+    try:
+        assert EventsWorker._client_override[0] is ProcessPoolForwardingEventsClient
+        relay_sink = handlers._api_log_sink
+        assert relay_sink is not None
+        with compat.worker_talks_to_the_api():
+            assert compat._worker_talks_to_the_api.talks_to_the_api
+            assert EventsWorker._client_override is None
+            assert handlers._api_log_sink is None
+        assert EventsWorker._client_override[0] is ProcessPoolForwardingEventsClient
+        assert handlers._api_log_sink is relay_sink
+    finally:
+        prefect.task_runners._initialize_process_pool_worker(None)  # Prefect's own "no relay"
+    assert EventsWorker._client_override is None and handlers._api_log_sink is None
+
+
+WORKER_RELAY_CHILD = """
+import json, sys
+import prefect.logging.handlers as handlers
+from prefect import flow, task
+from prefect.events.worker import EventsWorker
+from scalegroups import make_task_runner
+
+@task
+def relay() -> dict:
+    override = EventsWorker._client_override
+    return {"events": override[0].__name__ if override else None, "logs": handlers._api_log_sink is not None}
+
+def keep(message_type, payload):
+    return message_type, payload
+
+runner = make_task_runner("process", max_workers=1)
+if sys.argv[1] == "processors":
+    runner.subprocess_message_processor_factories = [lambda: keep]
+
+@flow(task_runner=runner)
+def main() -> dict:
+    return relay.submit().result()
+
+print(json.dumps(main()))
+"""
+
+
+@pytest.mark.parametrize("runner", ["plain", "processors"])
+def test_process_pool_workers_send_events_and_logs_themselves_unless_processors_read_them(
+    scalegroups_prefect_api, runner
+):
+    out, _ = run_python(["-c", WORKER_RELAY_CHILD, runner], env={"PREFECT_API_URL": scalegroups_prefect_api})
+    assert out.returncode == 0, out.stderr[-3000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    if runner == "plain":
+        assert seen == {"events": None, "logs": False}, "the worker still relays through the flow process"
+    else:
+        assert seen == {"events": "ProcessPoolForwardingEventsClient", "logs": True}
+
+
 def test_every_result_record_resolves_its_storage_key_through_the_block():
     from prefect.results import ResultStore
 

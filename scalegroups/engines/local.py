@@ -10,7 +10,13 @@ from typing import Any
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
 from scalegroups.engines.base import EngineRunnerMixin
-from scalegroups.prefect_compat import install_worker_hooks, pool_processes, runner_executor, runner_pool_size
+from scalegroups.prefect_compat import (
+    install_worker_hooks,
+    pool_processes,
+    process_pool_worker_talks_to_the_api,
+    runner_executor,
+    runner_pool_size,
+)
 from scalegroups.startup_gc import long_lived_start_up
 from scalegroups.watchdog import exit_with_parent
 
@@ -30,12 +36,18 @@ class ThreadRunner(EngineRunnerMixin, ThreadPoolTaskRunner):
         return max(1, min(runner_pool_size(self), cpus))
 
 
-def setup_worker_process(initializer: Callable[..., None] | None = None, *initargs: Any) -> None:
-    """Process-pool initializer: one Prefect settings object and API client per worker process, and
-    an exit when the pool's process dies (a SIGKILLed flow would otherwise leave its workers)."""
+def setup_worker_process(
+    talk_to_the_api: bool = True, initializer: Callable[..., None] | None = None, *initargs: Any
+) -> None:
+    """Process-pool initializer: one Prefect settings object and API client per worker process,
+    its events and API logs sent to the API by itself if `talk_to_the_api` (not relayed through the
+    flow process), and an exit when the pool's process dies (a SIGKILLed flow would otherwise leave
+    its workers)."""
     exit_with_parent()
     with long_lived_start_up():  # Prefect's task engine is imported here: see `scalegroups.startup_gc`
         install_worker_hooks()
+    if talk_to_the_api:
+        process_pool_worker_talks_to_the_api()
     if initializer is not None:
         initializer(*initargs)
 
@@ -49,7 +61,9 @@ class ProcessRunner(EngineRunnerMixin, ProcessPoolTaskRunner):
         initializer: Callable[..., None] | None = None,
         initargs: tuple[Any, ...] = (),
     ):
-        super().__init__(max_workers=max_workers, initializer=setup_worker_process, initargs=(initializer, *initargs))
+        super().__init__(
+            max_workers=max_workers, initializer=setup_worker_process, initargs=(True, initializer, *initargs)
+        )
 
     def parallelism(self) -> int:
         """Worker processes in the pool."""
@@ -69,6 +83,12 @@ class ProcessRunner(EngineRunnerMixin, ProcessPoolTaskRunner):
         if executor is not None:
             for _ in range(runner_pool_size(self)):
                 executor.submit(os.getpid)
+
+    def __enter__(self) -> ProcessRunner:
+        # Subprocess message processors see what Prefect relays from the workers: with any, keep the relay.
+        _, *user_initializer = self._initargs
+        self._initargs = (not self.subprocess_message_processor_factories, *user_initializer)
+        return super().__enter__()
 
     def __exit__(self, *exc_info: Any) -> None:
         # Prefect's exit waits for running tasks. When the flow ends with an error or Ctrl-C, those
