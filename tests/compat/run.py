@@ -19,8 +19,8 @@ Every run gets a fresh PREFECT_HOME and Ray temp folder, none of the caller's PR
 SCALEGROUPS_* variables, PREFECT_SERVER_ANALYTICS_ENABLED=false and a 120 s ephemeral server
 start-up timeout, which `compat_bind` also makes upstream's `prefect_test_harness()` wait (its own
 is a fixed 30 s; its server start took 28 s on an idle machine), the same in both modes; our own
-pytest plugin is disabled in both. Processes a
-run leaves behind (found by an inherited marker variable) are stopped and named.
+pytest plugin is disabled in both. Processes a run leaves behind (found by an inherited marker
+variable) are stopped and named.
 
 Exit status: 0 no regression; 1 regressions; 2 a run could not run (download, collection, a
 wrong binding, a timeout, a stock run where nothing passed).
