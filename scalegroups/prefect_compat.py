@@ -211,6 +211,10 @@ class _KeptFew:
         with self._lock:
             return self._entries.pop(key, None)
 
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
     def get(self, key: Any, build: Any) -> Any:
         """The value kept for `key`, else `build()` kept (built outside the lock)."""
         found = self.find(key)
@@ -1321,7 +1325,6 @@ class _EventsHandedToTheRecorder(_ScopedPatch):
 
     def __init__(self, size: int = 4096) -> None:
         super().__init__()
-        self._size = size
         self._events = _KeptFew(size)  # encoded event -> the event it was encoded from
         self._originals: dict[str, Any] = {}
 
@@ -1372,7 +1375,7 @@ class _EventsHandedToTheRecorder(_ScopedPatch):
         if schemas is not None and "model_validate_json" in vars(schemas.ReceivedEvent):
             del schemas.ReceivedEvent.model_validate_json
         self._originals = {}
-        self._events = _KeptFew(self._size)
+        self._events.clear()
 
 
 _receive_once = _ReceiveWithoutRevalidation()
