@@ -55,3 +55,30 @@ def test_the_local_profiles_worker_processes_run_without_dasks_profiler():
     kwargs["config"]["distributed.worker.profile.enabled"] = True
     with LocalCluster(**kwargs) as cluster, Client(cluster) as client:
         assert list(client.run(profiler_state).values()) == [(True, True)]
+
+
+def tick_interval(dask_worker: Any) -> float:
+    """On a worker: seconds between its event loop's health checks."""
+    return dask_worker._tick_interval
+
+
+@pytest.mark.slow
+def test_the_local_profiles_cluster_config_reaches_every_server_of_the_cluster_and_ends_with_its_start(
+    scalegroups_prefect_api,
+):
+    """`cluster_config` (clusters/local.yaml: a 100 ms tick) holds for the scheduler and nannies this
+    process hosts and for the workers; Dask's own configuration here is as it was, during the run too."""
+    import dask
+
+    from scalegroups.runners import make_task_runner
+
+    before = dask.config.get("distributed.admin.tick.interval")
+    runner = make_task_runner("dask", max_workers=2, cluster_kwargs={"dashboard_address": None})
+    assert runner.duplicate().cluster_config == {"distributed.admin.tick.interval": "100ms"}
+    with runner as started:
+        cluster = started._cluster
+        assert cluster.scheduler._tick_interval == 0.1
+        assert [nanny._tick_interval for nanny in cluster.workers.values()] == [0.1, 0.1]
+        assert list(started.client.run(tick_interval).values()) == [0.1, 0.1]
+        assert dask.config.get("distributed.admin.tick.interval") == before
+    assert before == "20ms"  # Dask's default: what the profile changes

@@ -46,7 +46,10 @@ class DaskSection(Section):
     starts, the same meaning in every profile. `worker_config` is Dask configuration (dotted keys)
     for the worker processes of a cluster scalegroups starts: a `LocalCluster`'s nannies hand it to
     their workers, dask-kubernetes workers get it as `DASK_*` variables. Workers in the flow's own
-    process (`processes: false`) read that process's Dask configuration instead.
+    process (`processes: false`) read that process's Dask configuration instead. `cluster_config`
+    is Dask configuration in effect in the flow's process while scalegroups builds a cluster there:
+    what that process hosts (a `LocalCluster`'s scheduler and nannies) and, through the nannies, its
+    workers (`worker_config` wins where both set a key). Not used with `address`.
     """
 
     address: str | None = None
@@ -54,6 +57,7 @@ class DaskSection(Section):
     cluster_kwargs: dict[str, Any] = Field(default_factory=dict)
     worker_resources: dict[str, float] = Field(default_factory=dict)
     worker_config: dict[str, Any] = Field(default_factory=dict)
+    cluster_config: dict[str, Any] = Field(default_factory=dict)
     adapt_kwargs: dict[str, Any] | None = None
     client_kwargs: dict[str, Any] = Field(default_factory=dict)
 

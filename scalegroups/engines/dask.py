@@ -132,17 +132,39 @@ def cluster_kwargs(section: DaskSection) -> dict[str, Any]:
 class DaskRunner(EngineRunnerMixin, DaskTaskRunner):
     """`DaskTaskRunner` that checks a scheduler address before connecting and sets workers up."""
 
+    #: Dask configuration (dotted keys) in effect while this runner builds its cluster
+    cluster_config: dict[str, Any] = {}  # noqa: RUF012 - replaced, never mutated
+
     @classmethod
     def from_section(cls, section: DaskSection) -> DaskRunner:
         """The runner a profile's dask section describes."""
         if section.address:
             return cls(address=section.address, client_kwargs=section.client_kwargs)
-        return cls(
+        runner = cls(
             cluster_class=cluster_class(section.cluster_class),
             cluster_kwargs=cluster_kwargs(section),
             adapt_kwargs=section.adapt_kwargs,
             client_kwargs=section.client_kwargs,
         )
+        runner.cluster_config = dotted_config(section.cluster_config)
+        return runner
+
+    def duplicate(self) -> Any:
+        """A copy with the same settings, `cluster_config` included (Prefect's copy knows only its own)."""
+        runner = super().duplicate()
+        if runner is not self and "cluster_config" in self.__dict__:
+            runner.cluster_config = self.cluster_config
+        return runner
+
+    @contextmanager
+    def cluster_config_in_effect(self) -> Iterator[None]:
+        """`cluster_config` set while the cluster is built: Dask's servers read these values as they
+        are made (a nanny also hands its workers the configuration it sees then)."""
+        if self.address or not self.cluster_config:
+            yield
+            return
+        with dask.config.set(self.cluster_config):
+            yield
 
     def preflight(self) -> None:
         """Fail within seconds when the scheduler address does not answer."""
@@ -186,7 +208,8 @@ class DaskRunner(EngineRunnerMixin, DaskTaskRunner):
         A cluster this runner started is closed with it: its workers are told first, so a heartbeat
         caught by the scheduler's close does not print a traceback after the flow has finished.
         """
-        client = dask_client_with_keys(self.client)  # no tokenize per submitted task
+        with self.cluster_config_in_effect():
+            client = dask_client_with_keys(self.client)  # no tokenize per submitted task
         _register_worker_setup(client)
         if self._cluster is None:  # someone else's cluster: leave its workers as they were
             stack.callback(_unregister, client)
@@ -329,20 +352,21 @@ def _unregister(client: Any) -> None:
 
 def start_test_cluster(stack: ExitStack) -> dict[str, str]:
     """The pytest plugin's Dask: a `LocalCluster` of two one-thread worker processes for the session,
-    their Dask configuration the `local` profile's `worker_config`."""
+    built as the `local` profile builds one (its `cluster_config` and `worker_config`)."""
     from distributed import LocalCluster
 
     from scalegroups.profiles import load_profile
 
-    cluster = stack.enter_context(
-        LocalCluster(
+    section = load_profile("local").dask
+    with dask.config.set(dotted_config(section.cluster_config)):
+        cluster = LocalCluster(
             n_workers=2,
             threads_per_worker=1,
             processes=True,
             dashboard_address=None,
             silence_logs=logging.ERROR,
             resources={"CPU": 1},
-            config=dotted_config(load_profile("local").dask.worker_config),
+            config=dotted_config(section.worker_config),
         )
-    )
+    stack.enter_context(cluster)
     return {"SCALEGROUPS_ADDRESS": cluster.scheduler_address}
