@@ -152,8 +152,7 @@ class DaskRunner(EngineRunnerMixin, DaskTaskRunner):
     def duplicate(self) -> Any:
         """A copy with the same settings, `cluster_config` included (Prefect's copy knows only its own)."""
         runner = super().duplicate()
-        if runner is not self and "cluster_config" in self.__dict__:
-            runner.cluster_config = self.cluster_config
+        runner.cluster_config = self.cluster_config
         return runner
 
     @contextmanager
