@@ -155,16 +155,6 @@ class DaskRunner(EngineRunnerMixin, DaskTaskRunner):
         runner.cluster_config = self.cluster_config
         return runner
 
-    @contextmanager
-    def cluster_config_in_effect(self) -> Iterator[None]:
-        """`cluster_config` set while the cluster is built: Dask's servers read these values as they
-        are made (a nanny also hands its workers the configuration it sees then)."""
-        if self.address or not self.cluster_config:
-            yield
-            return
-        with dask.config.set(self.cluster_config):
-            yield
-
     def preflight(self) -> None:
         """Fail within seconds when the scheduler address does not answer."""
         from scalegroups.server import configured_api_url
@@ -207,7 +197,9 @@ class DaskRunner(EngineRunnerMixin, DaskTaskRunner):
         A cluster this runner started is closed with it: its workers are told first, so a heartbeat
         caught by the scheduler's close does not print a traceback after the flow has finished.
         """
-        with self.cluster_config_in_effect():
+        # Dask's servers read `cluster_config` as they are made (a nanny also hands its workers the
+        # configuration it sees then); a runner with an address has none (`from_section`)
+        with dask.config.set(self.cluster_config):
             client = dask_client_with_keys(self.client)  # no tokenize per submitted task
         _register_worker_setup(client)
         if self._cluster is None:  # someone else's cluster: leave its workers as they were
