@@ -21,6 +21,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 
@@ -1431,3 +1432,62 @@ def test_related_resources_outside_a_run_are_prefects_empty_answer():
         import prefect.events.worker as events_worker
 
         assert asyncio.run(events_worker.related_resources_from_run_context(client=None)) == []
+
+
+# ------------------------------------------------------------- 14. events polled while they keep coming
+def events_one_at_a_time(count: int) -> tuple[int, int]:
+    """Emit `count` events, each once the events service has handled the one before (so the
+    service always finds its queue empty when it asks); return how many it handled and how many
+    times it waited for one in its queue thread."""
+    from prefect._internal.concurrency.threads import WorkerThread
+    from prefect.events import emit_event
+    from prefect.events.worker import EventsWorker
+
+    worker = EventsWorker.instance()
+    handled, waits = [], []
+    handle, submit = worker._handle, WorkerThread.submit
+
+    async def counted_handle(event):
+        handled.append(event)
+        return await handle(event)
+
+    def counted_submit(thread, call):
+        if thread is worker._queue_get_thread:
+            waits.append(call)
+        return submit(thread, call)
+
+    worker._handle = counted_handle
+    WorkerThread.submit = counted_submit
+    try:
+        for i in range(count):
+            emit_event(event="scalegroups.test.polled", resource={"prefect.resource.id": f"scalegroups.test.{i}"})
+            deadline = time.monotonic() + 30
+            while worker._queue.unfinished_tasks and time.monotonic() < deadline:
+                time.sleep(0.001)  # until the service has handled it
+    finally:
+        WorkerThread.submit = submit
+        del worker._handle
+    return len(handled), len(waits)
+
+
+def test_events_that_keep_coming_are_taken_on_the_loop_not_in_the_queue_thread(scalegroups_prefect_api, monkeypatch):
+    from prefect._internal.concurrency.services import _QueueServiceBase
+    from prefect.events.worker import EventsWorker
+
+    monkeypatch.setenv("PREFECT_API_URL", scalegroups_prefect_api)
+    prefects = _QueueServiceBase._get_item  # what EventsWorker inherits
+    held = vars(EventsWorker).get("_get_item")  # ours, if this process holds it
+    if held is not None:
+        del EventsWorker._get_item
+    try:
+        handled, waits = events_one_at_a_time(30)
+    finally:
+        if held is not None:
+            EventsWorker._get_item = held
+    assert handled == 30 and waits >= 25, (handled, waits)  # Prefect's: one wait per event
+    with compat.events_polled_while_busy():
+        assert EventsWorker._get_item is not prefects
+        handled, waits = events_one_at_a_time(30)
+    assert handled == 30 and waits <= 2, (handled, waits)  # the first may find the service idle
+    if not compat._events_polled.active:  # not held for this process: Prefect's own method again
+        assert "_get_item" not in vars(EventsWorker)
