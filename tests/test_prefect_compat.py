@@ -1491,3 +1491,87 @@ def test_events_that_keep_coming_are_taken_on_the_loop_not_in_the_queue_thread(s
     assert handled == 30 and waits <= 2, (handled, waits)  # the first may find the service idle
     if not compat._events_polled.active:  # not held for this process: Prefect's own method again
         assert "_get_item" not in vars(EventsWorker)
+
+
+# ------------------------------------------------------ 15. completed results read in place
+@task(persist_result=True)
+def answer(fail: bool = False) -> int:
+    if fail:
+        raise ValueError("no answer")
+    return 42
+
+
+@flow
+def states_of_every_kind() -> dict:
+    """Final states as a flow's futures see them: in memory, persisted, failed, and more."""
+    from prefect.states import Completed
+
+    completed = answer(return_state=True)
+    return {
+        "in memory": completed,
+        "persisted": Completed(data=completed.data.metadata),  # as read back from the API
+        "plain data": Completed(data={"a": 1}),
+        "failed": answer(fail=True, return_state=True),
+        "no data": Completed(),
+    }
+
+
+def results_and_hops(states: dict) -> dict:
+    """Each state's `result()` (or the exception it raises) and the trips it made through
+    Prefect's run-sync event loop thread; and, in an async context, what `result()` returns."""
+    from prefect._internal.concurrency.threads import EventLoopThread
+
+    hops = []
+    submit = EventLoopThread.submit
+
+    def counted_submit(thread, call):
+        if thread.name == "RunSyncEventLoopThread":
+            hops.append(call)
+        return submit(thread, call)
+
+    EventLoopThread.submit = counted_submit
+    out = {}
+    try:
+        for kind, state in states.items():
+            before = len(hops)
+            try:
+                value = state.result()
+            except Exception as exc:
+                value = f"{type(exc).__name__}: {exc}"
+            out[kind] = (value, len(hops) - before)
+
+        async def in_async_context():
+            returned = states["in memory"].result()
+            return type(returned).__name__, await returned
+
+        out["async"] = asyncio.run(in_async_context())
+    finally:
+        EventLoopThread.submit = submit
+    return out
+
+
+def test_a_completed_states_result_in_memory_is_read_in_place_and_every_other_is_prefects(
+    scalegroups_prefect_api, monkeypatch
+):
+    from prefect.client.schemas.objects import State
+
+    monkeypatch.setenv("PREFECT_API_URL", scalegroups_prefect_api)
+    states = states_of_every_kind()
+    prefects = compat._completed_results.prefects()
+    held = vars(State)["result"]  # ours, if this process holds it
+    State.result = prefects
+    try:
+        theirs = results_and_hops(states)
+    finally:
+        State.result = held
+    with compat.completed_results_in_place():
+        assert vars(State)["result"] is not prefects and State.result.aio is prefects.aio
+        ours = results_and_hops(states)
+    assert [value for value, _ in theirs.values()] == [value for value, _ in ours.values()]
+    assert theirs["in memory"] == theirs["persisted"] == (42, 1) and theirs["plain data"] == ({"a": 1}, 1)
+    assert ours["in memory"] == (42, 0) and ours["plain data"] == ({"a": 1}, 0)  # no trip
+    assert ours["persisted"] == (42, 1) and ours["failed"] == theirs["failed"] == ("ValueError: no answer", 1)
+    assert ours["no data"][0].startswith("MissingResult") and ours["no data"][1] == 1
+    assert ours["async"] == theirs["async"] == ("coroutine", 42)
+    if not compat._completed_results.active:  # not held for this process: Prefect's own method again
+        assert vars(State)["result"] is prefects
