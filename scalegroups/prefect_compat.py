@@ -35,10 +35,11 @@ Why the patches exist (profiles on 2 cores, 200 trivial task runs in worker proc
   worker's events and log lines to the flow process, which handled and sent them again; workers
   with an API URL now send their own, as Dask and Ray workers do (flow process 7.8 -> 3.55 ms per
   task run).
-- **Events taken on the loop while they keep coming** (section 14, flow processes and workers):
-  each event woke the events service's queue thread, which handed it to the event loop; now the
-  loop looks at the queue every 10 ms while events keep coming: worker threads 7.4 -> 6.9 ms
-  (process pool), 9.8 -> 9.0 (Dask), 8.9 -> 8.2 (Ray) per task run.
+- **Events and log lines taken on the loop while they keep coming** (section 14, flow processes
+  and workers): each event woke the events service's queue thread, which handed it to the event
+  loop; now the loop looks at the queue every 10 ms while events keep coming: worker threads 7.4
+  -> 6.9 ms (process pool), 9.8 -> 9.0 (Dask), 8.9 -> 8.2 (Ray) per task run; the same for the
+  API log worker's lines.
 - **A completed result read in place** (section 15, flow processes and workers): each
   `future.result()` took a trip through Prefect's run-sync event loop thread to read a result in
   memory: flow process 2.1 -> 1.4 ms (process pool), 5.0 -> 4.5 (Dask), 3.3 -> 2.6 (Ray) per task run.
@@ -799,7 +800,7 @@ class _WorkerHooks:
             self._scopes.enter_context(uncompressed_events_on_loopback())
             self._scopes.enter_context(internal_level_per_settings())
             self._scopes.enter_context(related_resources_per_flow_run())
-            self._scopes.enter_context(events_polled_while_busy())
+            self._scopes.enter_context(queues_polled_while_busy())
             self._scopes.enter_context(completed_results_in_place())
             self._scopes.enter_context(task_environment_by_difference())
             self._scopes.enter_context(storage_paths_joined())
@@ -1919,70 +1920,84 @@ def related_resources_per_flow_run() -> Any:
 
 
 # ------------------------------------------------------------------------------------------------
-# 14. Events taken off their queue on the event loop while they keep coming (client side)
+# 14. Events and log lines taken off their queues on the event loop while they keep coming
+#     (client side)
 #
-# Relies on: `prefect.events.worker.EventsWorker` inheriting `_get_item(self, timeout=None)` from
-# `prefect._internal.concurrency.services._QueueServiceBase` and its `_main_loop` awaiting
-# `self._get_item()` for every item (`None` being the stop signal `_stop` puts on the queue); on
-# that method taking an item already in `self._queue` (a `queue.Queue` that `send` fills with
+# Relies on: `prefect.events.worker.EventsWorker` and `prefect.logging.handlers.APILogWorker`
+# inheriting `_get_item(self, timeout=None)` from
+# `prefect._internal.concurrency.services._QueueServiceBase`, and their main loops awaiting
+# `self._get_item()` (events) or `self._get_item(timeout=...)` (log batches, `queue.Empty` when the
+# timeout passes) for every item, `None` being the stop signal `_stop` puts on the queue; on that
+# method taking an item already in `self._queue` (a `queue.Queue` that `send` fills with
 # `put_nowait`) at once and otherwise waiting for one in the service's queue thread.
 #
-# Why: events come one at a time, three per task run a few milliseconds apart, so the queue is
-# empty nearly every time the service asks. Each event then woke the service's queue thread,
-# which handed it to the global event loop through a future and the loop's self-pipe: ~0.7 ms of
-# CPU per task run in a process-pool worker (the queue thread alone 0.23 ms per event), a tenth of
-# that worker's bookkeeping. Here, within `_EVENTS_BUSY_S` of its last item, the events service
-# looks at its queue on its loop every `_EVENTS_POLL_S` instead; idle for longer, it waits in its
-# thread as Prefect's does, so an idle process pays nothing. An event waits at most
-# `_EVENTS_POLL_S` longer before it is sent; order, handling and the stop signal are Prefect's.
+# Why: events come one at a time, three per task run a few milliseconds apart, and a "Finished"
+# log line with each, so the queues are empty nearly every time their services ask. Each item then
+# woke its service's queue thread, which handed it to the global event loop through a future and
+# the loop's self-pipe: ~0.7 ms of CPU per task run for events in a process-pool worker (the queue
+# thread alone 0.23 ms per event), ~0.2 ms for the log line. Here, within `_QUEUE_BUSY_S` of its
+# last item, each of these two services looks at its queue on its loop every `_QUEUE_POLL_S`
+# instead; idle for longer, it waits in its thread as Prefect's does, so an idle process pays
+# nothing. An item waits at most `_QUEUE_POLL_S` longer; order, batches, timeouts, handling and
+# the stop signal are Prefect's.
 # ------------------------------------------------------------------------------------------------
 
-_EVENTS_POLL_S = 0.01
-_EVENTS_BUSY_S = 0.25
+_QUEUE_POLL_S = 0.01
+_QUEUE_BUSY_S = 0.25
+_POLLED_SERVICES = (("prefect.events.worker", "EventsWorker"), ("prefect.logging.handlers", "APILogWorker"))
 
 
-class _EventsPolledWhileBusy(_ScopedPatch):
-    """`EventsWorker._get_item`, polling the queue on the loop while events keep coming."""
+class _QueuesPolledWhileBusy(_ScopedPatch):
+    """`_get_item` of the events and API log services, polling the queue on the loop while items
+    keep coming."""
 
     def __init__(self) -> None:
         super().__init__()
-        self._installed: Any = None
+        self._installed: dict[tuple[str, str], Any] = {}
 
     @staticmethod
     def _replacement(waiting_get: Any) -> Any:
+        import queue
+
         async def get_item(service: Any, timeout: float | None = None) -> Any:
             loop = asyncio.get_running_loop()
-            if timeout is None:
-                while service._queue.empty() and loop.time() < getattr(service, "_scalegroups_busy_until", 0.0):
-                    await asyncio.sleep(_EVENTS_POLL_S)
-            item = await waiting_get(service, timeout)  # at once if queued, else waits in its thread
-            service._scalegroups_busy_until = loop.time() + _EVENTS_BUSY_S
+            deadline = None if timeout is None else loop.time() + timeout
+            while service._queue.empty() and loop.time() < getattr(service, "_scalegroups_busy_until", 0.0):
+                left = None if deadline is None else deadline - loop.time()
+                if left is not None and left <= 0:
+                    raise queue.Empty  # as Prefect's wait when its timeout passes
+                await asyncio.sleep(_QUEUE_POLL_S if left is None else min(_QUEUE_POLL_S, left))
+            left = None if deadline is None else max(0.0, deadline - loop.time())
+            item = await waiting_get(service, left)  # at once if queued, else waits in its thread
+            service._scalegroups_busy_until = loop.time() + _QUEUE_BUSY_S
             return item
 
         return get_item
 
     def _install(self) -> None:
-        from prefect.events.worker import EventsWorker
+        import importlib
 
-        self._installed = self._replacement(EventsWorker._get_item)
-        EventsWorker._get_item = self._installed  # type: ignore[method-assign]
+        for module, name in _POLLED_SERVICES:
+            service = getattr(importlib.import_module(module), name)
+            self._installed[module, name] = service._get_item = self._replacement(service._get_item)
 
     def _uninstall(self) -> None:
         import sys
 
-        module = sys.modules.get("prefect.events.worker")  # no import here: this may run at shutdown
-        if module is not None and vars(module.EventsWorker).get("_get_item") is self._installed:
-            del module.EventsWorker._get_item  # Prefect's inherited method again
-        self._installed = None
+        for (module, name), installed in self._installed.items():
+            service = getattr(sys.modules.get(module), name, None)  # no import here: this may run at shutdown
+            if service is not None and vars(service).get("_get_item") is installed:
+                del service._get_item  # Prefect's inherited method again
+        self._installed = {}
 
 
-_events_polled = _EventsPolledWhileBusy()
+_queues_polled = _QueuesPolledWhileBusy()
 
 
-def events_polled_while_busy() -> Any:
-    """Context manager: while it is open, the events service takes events that keep coming on its
-    event loop instead of waking its queue thread for each one."""
-    return _events_polled.scope()
+def queues_polled_while_busy() -> Any:
+    """Context manager: while it is open, the events and API log services take items that keep
+    coming on their event loop instead of waking their queue thread for each one."""
+    return _queues_polled.scope()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -2048,7 +2063,7 @@ _CLIENT_SIDE = (
     _uncompressed_events,
     _internal_level,
     _related_per_flow_run,
-    _events_polled,
+    _queues_polled,
     _completed_results,
 )
 
@@ -2056,7 +2071,7 @@ _CLIENT_SIDE = (
 def lean_client_start_up() -> None:
     """Keep sections 9-11 and 13-15 (shared TLS contexts, plain parameters without FastAPI,
     uncompressed local events, the internal log level per settings, related resources per flow
-    run, events polled while busy, completed results read in place) in effect for the rest of this process
+    run, events and log lines polled while busy, completed results read in place) in effect for the rest of this process
     (idempotent): called when a flow file asks scalegroups for a runner or an API, before
     Prefect's engine builds its first client and flow run."""
     global _started_up

@@ -1434,63 +1434,104 @@ def test_related_resources_outside_a_run_are_prefects_empty_answer():
         assert asyncio.run(events_worker.related_resources_from_run_context(client=None)) == []
 
 
-# ------------------------------------------------------------- 14. events polled while they keep coming
-def events_one_at_a_time(count: int) -> tuple[int, int]:
-    """Emit `count` events, each once the events service has handled the one before (so the
-    service always finds its queue empty when it asks); return how many it handled and how many
-    times it waited for one in its queue thread."""
+# ------------------------------------------------- 14. events and log lines polled while they keep coming
+def one_at_a_time(service, send, count: int, handler: str, taken, mine) -> tuple[int, int]:
+    """Send `count` items to a running Prefect queue service, each once `taken(service)` says it
+    has the one before (so the service finds its queue empty whenever it asks); return how many
+    of them (`mine(item)`: the process may log or emit others meanwhile) its `handler` got and how
+    many times it waited for an item in its queue thread."""
     from prefect._internal.concurrency.threads import WorkerThread
-    from prefect.events import emit_event
-    from prefect.events.worker import EventsWorker
 
-    worker = EventsWorker.instance()
     handled, waits = [], []
-    handle, submit = worker._handle, WorkerThread.submit
+    handle, submit = getattr(service, handler), WorkerThread.submit
 
-    async def counted_handle(event):
-        handled.append(event)
-        return await handle(event)
+    async def counted_handle(items):
+        handled.extend(item for item in (items if isinstance(items, list) else [items]) if mine(item))
+        return await handle(items)
 
     def counted_submit(thread, call):
-        if thread is worker._queue_get_thread:
+        if thread is service._queue_get_thread:
             waits.append(call)
         return submit(thread, call)
 
-    worker._handle = counted_handle
+    def until(probe) -> None:
+        deadline = time.monotonic() + 30
+        while not probe() and time.monotonic() < deadline:
+            time.sleep(0.001)
+
+    setattr(service, handler, counted_handle)
     WorkerThread.submit = counted_submit
     try:
         for i in range(count):
-            emit_event(event="scalegroups.test.polled", resource={"prefect.resource.id": f"scalegroups.test.{i}"})
-            deadline = time.monotonic() + 30
-            while worker._queue.unfinished_tasks and time.monotonic() < deadline:
-                time.sleep(0.001)  # until the service has handled it
+            send(i)
+            until(lambda: taken(service))
+        until(lambda: len(handled) >= count)  # a log batch goes when its interval ends
     finally:
         WorkerThread.submit = submit
-        del worker._handle
+        delattr(service, handler)
     return len(handled), len(waits)
 
 
-def test_events_that_keep_coming_are_taken_on_the_loop_not_in_the_queue_thread(scalegroups_prefect_api, monkeypatch):
-    from prefect._internal.concurrency.services import _QueueServiceBase
+def events_one_at_a_time(count: int) -> tuple[int, int]:
+    from prefect.events import emit_event
     from prefect.events.worker import EventsWorker
 
+    def send(i: int) -> None:
+        emit_event(event="scalegroups.test.polled", resource={"prefect.resource.id": f"scalegroups.test.{i}"})
+
+    # each event handled before the next: the service asks for the next one with its queue empty
+    worker, mine = EventsWorker.instance(), lambda event: event.event == "scalegroups.test.polled"
+    return one_at_a_time(worker, send, count, "_handle", lambda s: not s._queue.unfinished_tasks, mine)
+
+
+def log_lines_one_at_a_time(count: int) -> tuple[int, int]:
+    from prefect.logging.handlers import APILogWorker
+    from prefect.types._datetime import now
+
+    worker = APILogWorker.instance()
+
+    def send(i: int) -> None:
+        line = {"name": "scalegroups.test", "level": 20, "message": f"line {i}", "timestamp": now("UTC").isoformat()}
+        worker.send(line)
+
+    # a batch takes each line off the queue and asks for the next at once
+    def mine(line: bytes) -> bool:
+        return b'"name":"scalegroups.test"' in line
+
+    return one_at_a_time(worker, send, count, "_handle_batch", lambda s: s._queue.empty(), mine)
+
+
+@pytest.mark.parametrize(
+    "service, items_one_at_a_time",
+    [("prefect.events.worker.EventsWorker", events_one_at_a_time),
+     ("prefect.logging.handlers.APILogWorker", log_lines_one_at_a_time)],
+)  # fmt: skip
+def test_items_that_keep_coming_are_taken_on_the_loop_not_in_the_queue_thread(
+    service, items_one_at_a_time, scalegroups_prefect_api, monkeypatch
+):
+    import importlib
+
+    from prefect._internal.concurrency.services import _QueueServiceBase
+
     monkeypatch.setenv("PREFECT_API_URL", scalegroups_prefect_api)
-    prefects = _QueueServiceBase._get_item  # what EventsWorker inherits
-    held = vars(EventsWorker).get("_get_item")  # ours, if this process holds it
+    module, name = service.rsplit(".", 1)
+    cls = getattr(importlib.import_module(module), name)
+    prefects = _QueueServiceBase._get_item  # what both services inherit
+    held = vars(cls).get("_get_item")  # ours, if this process holds it
     if held is not None:
-        del EventsWorker._get_item
+        del cls._get_item
     try:
-        handled, waits = events_one_at_a_time(30)
+        handled, waits = items_one_at_a_time(30)
     finally:
         if held is not None:
-            EventsWorker._get_item = held
-    assert handled == 30 and waits >= 25, (handled, waits)  # Prefect's: one wait per event
-    with compat.events_polled_while_busy():
-        assert EventsWorker._get_item is not prefects
-        handled, waits = events_one_at_a_time(30)
+            cls._get_item = held
+    assert handled == 30 and waits >= 25, (handled, waits)  # Prefect's: one wait per item
+    with compat.queues_polled_while_busy():
+        assert cls._get_item is not prefects
+        handled, waits = items_one_at_a_time(30)
     assert handled == 30 and waits <= 2, (handled, waits)  # the first may find the service idle
-    if not compat._events_polled.active:  # not held for this process: Prefect's own method again
-        assert "_get_item" not in vars(EventsWorker)
+    if not compat._queues_polled.active:  # not held for this process: Prefect's own method again
+        assert "_get_item" not in vars(cls)
 
 
 # ------------------------------------------------------ 15. completed results read in place
