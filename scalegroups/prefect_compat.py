@@ -38,8 +38,8 @@ Why the patches exist (profiles on 2 cores, 200 trivial task runs in worker proc
 - **Events and log lines taken on the loop while they keep coming** (section 14, flow processes
   and workers): each event woke the events service's queue thread, which handed it to the event
   loop; now the loop looks at the queue every 10 ms while events keep coming: worker threads 7.4
-  -> 6.9 ms (process pool), 9.8 -> 9.0 (Dask), 8.9 -> 8.2 (Ray) per task run; the same for the
-  API log worker's lines.
+  -> 6.9 ms (process pool), 9.8 -> 9.0 (Dask), 8.9 -> 8.2 (Ray) per task run; the API log
+  worker's lines the same way: 6.8 -> 6.7, 9.1 -> 8.7, 8.3 -> 7.6.
 - **A completed result read in place** (section 15, flow processes and workers): each
   `future.result()` took a trip through Prefect's run-sync event loop thread to read a result in
   memory: flow process 2.1 -> 1.4 ms (process pool), 5.0 -> 4.5 (Dask), 3.3 -> 2.6 (Ray) per task run.
