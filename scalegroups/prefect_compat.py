@@ -2071,9 +2071,9 @@ _CLIENT_SIDE = (
 def lean_client_start_up() -> None:
     """Keep sections 9-11 and 13-15 (shared TLS contexts, plain parameters without FastAPI,
     uncompressed local events, the internal log level per settings, related resources per flow
-    run, events and log lines polled while busy, completed results read in place) in effect for the rest of this process
-    (idempotent): called when a flow file asks scalegroups for a runner or an API, before
-    Prefect's engine builds its first client and flow run."""
+    run, events and log lines polled while busy, completed results read in place) in effect for
+    the rest of this process (idempotent): called when a flow file asks scalegroups for a runner
+    or an API, before Prefect's engine builds its first client and flow run."""
     global _started_up
     with _start_up_lock:
         if not _started_up:
