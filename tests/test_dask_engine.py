@@ -33,7 +33,7 @@ def test_a_closing_cluster_does_not_print_its_workers_lost_heartbeat():
     heartbeat_failure = HEARTBEAT_FAILURE + "."
 
     with (
-        LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
         Client(cluster) as client,
     ):
         assert list(client.run(error_passes, heartbeat_failure).values()) == [True]  # Dask's own behaviour
@@ -49,7 +49,7 @@ def test_the_local_profiles_worker_processes_run_without_dasks_profiler():
 
     from scalegroups.runners import make_task_runner
 
-    kwargs = make_task_runner("dask", max_workers=1, cluster_kwargs={"dashboard_address": None}).cluster_kwargs
+    kwargs = make_task_runner("dask", max_workers=1, cluster_kwargs={"dashboard_address": ":0"}).cluster_kwargs
     with LocalCluster(**kwargs) as cluster, Client(cluster) as client:
         assert list(client.run(profiler_state).values()) == [(False, False)]
     kwargs["config"]["distributed.worker.profile.enabled"] = True
@@ -69,11 +69,12 @@ def test_the_local_profiles_cluster_config_reaches_every_server_of_the_cluster_a
     """`cluster_config` (clusters/local.yaml: a 100 ms tick) holds for the scheduler and nannies this
     process hosts and for the workers; Dask's own configuration here is as it was, during the run too."""
     import dask
+    import distributed  # noqa: F401  # its defaults join Dask's configuration when it is imported
 
     from scalegroups.runners import make_task_runner
 
     before = dask.config.get("distributed.admin.tick.interval")
-    runner = make_task_runner("dask", max_workers=2, cluster_kwargs={"dashboard_address": None})
+    runner = make_task_runner("dask", max_workers=2, cluster_kwargs={"dashboard_address": ":0"})
     assert runner.duplicate().cluster_config == {"distributed.admin.tick.interval": "100ms"}
     with runner as started:
         cluster = started._cluster

@@ -73,7 +73,7 @@ def test_a_timed_out_group_leaves_other_groups_and_shared_data_alone(scalegroups
     from distributed import LocalCluster
     from prefect import flow
 
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None) as cluster:
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=":0") as cluster:
 
         @flow(task_runner=make_task_runner("dask", address=cluster.scheduler_address))
         def both(folder: str) -> dict:

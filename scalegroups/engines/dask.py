@@ -354,7 +354,7 @@ def start_test_cluster(stack: ExitStack) -> dict[str, str]:
             n_workers=2,
             threads_per_worker=1,
             processes=True,
-            dashboard_address=None,
+            dashboard_address=":0",
             silence_logs=logging.ERROR,
             resources={"CPU": 1},
             config=dotted_config(section.worker_config),
