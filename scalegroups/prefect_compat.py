@@ -1747,17 +1747,22 @@ def internal_level_per_settings() -> Any:
 # Requests try routers in Prefect's order, and a flow run's first calls go to `/csrf-token`
 # (24th of 31) and `/admin` (30th), so the first requests built nearly all of them. Here the
 # routers a flow run calls are tried first, the others keep their order after them and are built
-# only if a request reaches them. Only when every entry's paths start with literal segments and
-# entries that share a first segment keep their order among themselves: a path can only match
-# entries with its first segment, so no request finds another route than before.
+# only if a request reaches them. `artifacts` comes right after the calls every flow run makes:
+# every map publishes its progress there, and behind the other routers its first request (in a
+# user's first measured round of CPU tasks, 2026-12-03) built 118 routes of 15 routers, ~0.3 s of
+# the flow process's CPU while the workers computed. Only when every entry's paths start with
+# literal segments and entries that share a first segment keep their order among themselves: a
+# path can only match entries with its first segment, so no request finds another route than
+# before.
 # ------------------------------------------------------------------------------------------------
 
 #: first path segments (under /api) that flow runs, task runs and their clients call, in the order
 #: they are tried: the first calls a flow makes (version check, CSRF token) first, so that they
 #: build only the small routers they need
 FLOW_RUN_ROUTES = (
-    "health", "version", "csrf-token", "admin", "flows", "flow_runs", "logs", "events", "task_runs",
-    "flow_run_states", "task_run_states", "v2", "concurrency_limits", "variables", "block_documents",
+    "health", "version", "csrf-token", "admin", "flows", "flow_runs", "logs", "events", "artifacts",
+    "task_runs", "flow_run_states", "task_run_states", "v2", "concurrency_limits", "variables",
+    "block_documents",
 )  # fmt: skip
 
 

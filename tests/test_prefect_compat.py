@@ -1308,6 +1308,23 @@ def test_a_flow_runs_first_requests_build_only_the_routers_they_reach():
     assert built == {frozenset({"csrf-token"}), frozenset({"admin"})}
 
 
+def test_a_maps_first_progress_artifact_builds_no_router_a_flow_run_does_not_call():
+    """Every map publishes its progress to /artifacts: matching its first request builds only routers
+    a flow run has called by then (not task runs, deployments, work pools, ...) and its own."""
+    from prefect.server.api.server import create_app
+
+    app = create_app(ephemeral=True, final=True, ignore_cache=True)
+    assert compat.flow_run_routes_first(app)
+    routes = app.api_app.router.routes
+    assert first_match(routes, "/artifacts/", "POST") is not None
+    built = set().union(
+        *(compat._first_segments(e) for e in routes if getattr(e, "_effective_candidates_version", None) is not None)
+    )
+    # what a flow run has called by its first map's first progress update (the routers it builds anyway)
+    called_before = {"health", "version", "csrf-token", "admin", "flows", "flow_runs", "logs", "events"}
+    assert "artifacts" in built and built <= called_before | {"artifacts"}, built - called_before
+
+
 def test_routes_stay_in_their_order_when_a_path_could_match_two_routers():
     from types import SimpleNamespace
 
