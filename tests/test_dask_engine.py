@@ -49,7 +49,7 @@ def test_the_local_profiles_worker_processes_run_without_dasks_profiler():
 
     from scalegroups.runners import make_task_runner
 
-    kwargs = make_task_runner("dask", max_workers=1, cluster_kwargs={"dashboard_address": ":0"}).cluster_kwargs
+    kwargs = make_task_runner("dask", max_workers=1).cluster_kwargs
     with LocalCluster(**kwargs) as cluster, Client(cluster) as client:
         assert list(client.run(profiler_state).values()) == [(False, False)]
     kwargs["config"]["distributed.worker.profile.enabled"] = True
@@ -74,7 +74,7 @@ def test_the_local_profiles_cluster_config_reaches_every_server_of_the_cluster_a
     from scalegroups.runners import make_task_runner
 
     before = dask.config.get("distributed.admin.tick.interval")
-    runner = make_task_runner("dask", max_workers=2, cluster_kwargs={"dashboard_address": ":0"})
+    runner = make_task_runner("dask", max_workers=2)
     assert runner.duplicate().cluster_config == {"distributed.admin.tick.interval": "100ms"}
     with runner as started:
         cluster = started._cluster
