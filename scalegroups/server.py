@@ -54,8 +54,9 @@ from scalegroups.prefect_compat import (
     flow_run_routes_first,
     lean_server_hot_paths,
 )
-from scalegroups.settings import startup_gc_enabled
+from scalegroups.settings import server_nice, startup_gc_enabled
 from scalegroups.startup_gc import collection_paused, freeze_once, long_lived_start_up
+from scalegroups.thread_priority import lower_this_thread
 
 STATE_FILE = "scalegroups-server.json"
 READY_TIMEOUT_S = 180.0
@@ -240,11 +241,14 @@ class InProcessServer:
 
     The listening socket is bound at once (so its URL can be handed out); the server itself is
     created when the first connection arrives, or by `start()`. It stops when the process exits,
-    after Prefect has flushed its events and logs to it.
+    after Prefect has flushed its events and logs to it. Once it answers, its thread runs at a
+    lower CPU priority (`SCALEGROUPS_SERVER_NICE`, `scalegroups.thread_priority`): a flow's
+    workers compute first while they keep every core busy, and the server catches up when one frees.
     """
 
     def __init__(self) -> None:
         startup_gc_enabled()  # a bad SCALEGROUPS_GC_FREEZE fails here, in the caller, not in the server thread
+        self._nice = server_nice()  # so does a bad SCALEGROUPS_SERVER_NICE
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind(("127.0.0.1", 0))
@@ -340,6 +344,9 @@ class InProcessServer:
             start_up.close()
             if server.started:
                 freeze_once()  # the server's modules and app, and whatever the process had before
+                # from now on its work (recording task runs, logs, artifacts) waits while every
+                # core runs tasks; its start-up did not, since the flow's first requests wait on it
+                lower_this_thread(self._nice)
             self._ready.set()
 
         watcher = asyncio.create_task(mark_ready())

@@ -67,3 +67,18 @@ def fast_exit_enabled() -> bool:
 def startup_gc_enabled() -> bool:
     """False when `SCALEGROUPS_GC_FREEZE=0`: leave Python's garbage collector alone at start-up."""
     return _flag("SCALEGROUPS_GC_FREEZE", True)
+
+
+def server_nice() -> int:
+    """`SCALEGROUPS_SERVER_NICE` (0-19, default 19): nice levels an in-process API server drops to
+    once it answers, so that task runs get the cores first when all are busy (0: as the flow)."""
+    value = os.environ.get("SCALEGROUPS_SERVER_NICE", "").strip()
+    if not value:
+        return 19
+    try:
+        nice = int(value)
+    except ValueError:
+        nice = -1
+    if not 0 <= nice <= 19:
+        raise ConfigurationError(f"SCALEGROUPS_SERVER_NICE={value!r} is invalid: use a whole number from 0 to 19")
+    return nice
