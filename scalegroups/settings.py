@@ -13,6 +13,7 @@ from pydantic import PositiveInt, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from scalegroups.errors import ConfigurationError
+from scalegroups.thread_priority import MAX_NICE
 
 
 class EnvSettings(BaseSettings):
@@ -74,11 +75,13 @@ def server_nice() -> int:
     once it answers, so that task runs get the cores first when all are busy (0: as the flow)."""
     value = os.environ.get("SCALEGROUPS_SERVER_NICE", "").strip()
     if not value:
-        return 19
+        return MAX_NICE
     try:
         nice = int(value)
     except ValueError:
         nice = -1
-    if not 0 <= nice <= 19:
-        raise ConfigurationError(f"SCALEGROUPS_SERVER_NICE={value!r} is invalid: use a whole number from 0 to 19")
+    if not 0 <= nice <= MAX_NICE:
+        raise ConfigurationError(
+            f"SCALEGROUPS_SERVER_NICE={value!r} is invalid: use a whole number from 0 to {MAX_NICE}"
+        )
     return nice
