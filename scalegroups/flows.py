@@ -58,15 +58,17 @@ class CallTimeRunnerFlow(Flow):  # type: ignore[type-arg]
         return new_flow  # type: ignore[no-any-return]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if self._fixed_runner:
-            ensure_api()
-            return super().__call__(*args, **kwargs)
         try:
-            runner = build_task_runner(resolve_runner())
-            runner.preflight()  # a wrong address fails here, before the API or a flow run is touched
+            if self._fixed_runner:
+                ensure_api()  # a bad SCALEGROUPS_SERVER_* or _GC_FREEZE value is bad input too
+            else:
+                runner = build_task_runner(resolve_runner())
+                runner.preflight()  # a wrong address fails here, before the API or a flow run is touched
+                ensure_api()
         except ScalegroupsError as exc:  # bad input: the message says it all; show the user's line, not ours
             raise exc.with_traceback(None) from None
-        ensure_api()
+        if self._fixed_runner:
+            return super().__call__(*args, **kwargs)
         configured = Flow.with_options(self, task_runner=runner)
         self._starts_engine_early(runner)
         try:

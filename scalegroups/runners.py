@@ -187,11 +187,11 @@ def make_task_runner(runner: str | None = None, *, profile: str | None = None, *
     Without `PREFECT_API_URL`, this also chooses the Prefect API the flow and its workers will use
     (see `scalegroups.server.ensure_api`): Prefect's engine asks for one before any runner starts.
     """
-    try:
-        built = build_task_runner(resolve_runner(runner, profile=profile, **overrides))
-    except ScalegroupsError as exc:  # bad input: the message says it all; show the user's line, not ours
-        raise exc.with_traceback(None) from None
     from scalegroups.server import ensure_api
 
-    ensure_api()
+    try:
+        built = build_task_runner(resolve_runner(runner, profile=profile, **overrides))
+        ensure_api()  # a bad SCALEGROUPS_SERVER_* or _GC_FREEZE value is bad input too
+    except ScalegroupsError as exc:  # bad input: the message says it all; show the user's line, not ours
+        raise exc.with_traceback(None) from None
     return built

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 import pytest
 from helpers import closed_port, double, processes_with_marker, run_python
@@ -44,16 +46,31 @@ def test_unreachable_address_with_plain_prefect_flow(monkeypatch):
     assert time.monotonic() - started < 60
 
 
-def test_a_flow_file_with_an_unknown_runner_shows_the_users_line_and_the_message():
-    out, _ = run_python(["examples/seed.py"], env={"SCALEGROUPS_RUNNER": "spark"}, timeout=120)
+NICE_MESSAGE = "SCALEGROUPS_SERVER_NICE='high' is invalid: use a whole number from 0 to 19"
+
+
+@pytest.mark.parametrize(
+    "script, variable, value, message",
+    [
+        (
+            "examples/seed.py",  # a Prefect flow given make_task_runner()
+            "SCALEGROUPS_RUNNER",
+            "spark",
+            "unknown runner 'spark' (from $SCALEGROUPS_RUNNER); valid runners: thread, process, dask, ray",
+        ),
+        ("examples/seed.py", "SCALEGROUPS_SERVER_NICE", "high", NICE_MESSAGE),
+        ("examples/primes.py", "SCALEGROUPS_SERVER_NICE", "high", NICE_MESSAGE),  # a @scalegroups.flow
+    ],
+)
+def test_a_flow_file_with_a_bad_setting_shows_the_users_line_and_the_message(script, variable, value, message):
+    out, _ = run_python([script], env={variable: value}, timeout=120)
     assert out.returncode == 1
     lines = out.stderr.strip().splitlines()
-    assert lines[-1] == (
-        "scalegroups.errors.ConfigurationError: unknown runner 'spark' (from $SCALEGROUPS_RUNNER); "
-        "valid runners: thread, process, dask, ray"
-    )
+    assert lines[-1] == f"scalegroups.errors.ConfigurationError: {message}"
     frames = [line for line in lines if line.lstrip().startswith("File ")]
-    assert len(frames) <= 2 and "examples/seed.py" in frames[0], out.stderr  # the call, then our raise
+    package = str(Path(scalegroups.__file__).parent) + os.sep
+    ours = [frame for frame in frames if package in frame]
+    assert ours == frames[-1:] and script in frames[-2], out.stderr  # the user's call, then our raise
 
 
 def test_cli_prints_one_line_and_leaks_nothing():
