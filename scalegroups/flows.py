@@ -59,15 +59,13 @@ class CallTimeRunnerFlow(Flow):  # type: ignore[type-arg]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         try:
-            if self._fixed_runner:
-                ensure_api()  # a bad SCALEGROUPS_SERVER_* or _GC_FREEZE value is bad input too
-            else:
-                runner = build_task_runner(resolve_runner())
+            runner = None if self._fixed_runner else build_task_runner(resolve_runner())
+            if runner is not None:
                 runner.preflight()  # a wrong address fails here, before the API or a flow run is touched
-                ensure_api()
+            ensure_api()  # a bad SCALEGROUPS_SERVER_* or _GC_FREEZE value is bad input too
         except ScalegroupsError as exc:  # bad input: the message says it all; show the user's line, not ours
             raise exc.with_traceback(None) from None
-        if self._fixed_runner:
+        if runner is None:  # the flow was given its runner
             return super().__call__(*args, **kwargs)
         configured = Flow.with_options(self, task_runner=runner)
         self._starts_engine_early(runner)
