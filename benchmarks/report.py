@@ -132,7 +132,8 @@ def speedup_table(results: dict, engines: list[str], cfg: dict, serial: float) -
         "",
         "Shared server: median of the repeats in one process (warm), against the serial time above. As a"
         " user: the *first* round after 4 warm-up tasks, from a fresh `PREFECT_HOME` with no server (no"
-        " waiting for anything to go idle); each run is a fresh process, compared with the same 8 tasks run"
+        " waiting for anything to go idle), on a quiet machine (run before the shared servers start);"
+        " each run is a fresh process, compared with the same 8 tasks run"
         " serially just before and just after it (this host's CPU speed drifts by up to 30% within minutes):"
         f" median of {cfg.get('user_repeats', 1)} runs (lowest–highest).",
         "",

@@ -4,8 +4,9 @@ Each (engine, configuration) runs in a fresh process (see `benchmarks/measure.py
 configurations talk to two local Prefect servers started here, each in its own `PREFECT_HOME`:
 one with Prefect's own service settings (for hand-written Prefect) and one lean, as scalegroups
 starts them. The `-user` configurations run as a user runs a flow file: no API URL, a fresh home.
-Start-up (`benchmarks/startup.py`) is measured as whole processes. Results (medians, ratios,
-targets) go to benchmarks/RESULTS.md and the charts to benchmarks/*.png.
+Start-up (`benchmarks/startup.py`) is measured as whole processes. The raw engines, the `-user`
+configurations and start-up run first, before the shared servers start, as on a user's machine.
+Results (medians, ratios, targets) go to benchmarks/RESULTS.md and the charts to benchmarks/*.png.
 
     python -m benchmarks.run [--quick] [--engines thread,dask] [--output benchmarks/RESULTS.md]
 """
@@ -32,6 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 ENGINES = ["thread", "process", "dask", "ray"]
 SHARED = ["raw", "prefect", "scalegroups"]
 USER = ["prefect-user", "scalegroups-user"]
+# The configurations that talk to a shared server: (its home's folder, its services)
+SERVED = {"prefect": ("stock", "full"), "scalegroups": ("lean", "lean")}
 FULL = dict(repeats=3, user_repeats=3, trivial=200, cpu_seconds=0.6, items=10_000, prefect_items=200, megabytes=50)
 QUICK = dict(repeats=1, user_repeats=1, trivial=20, cpu_seconds=0.05, items=500, prefect_items=20, megabytes=2)
 
@@ -79,6 +82,7 @@ def local_server(home: Path, services: str) -> Iterator[dict[str, str]]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
+    home.mkdir(parents=True, exist_ok=True)
     env = clean_env(PREFECT_HOME=str(home), SCALEGROUPS_SERVER_SERVICES=services)
     log = open(home.parent / f"server-{services}.log", "w")  # noqa: SIM115 - lives with the server
     server = subprocess.Popen(
@@ -140,41 +144,46 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, object]] = {}
     partial = Path(args.output).with_suffix(".partial.json")
     partial.parent.mkdir(parents=True, exist_ok=True)
+    engines = args.engines.split(",")
+    configs = args.configs.split(",")
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sgbench-")))
-        (workdir / "stock").mkdir()
-        (workdir / "lean").mkdir()
-        configs = args.configs.split(",")
+
+        def record(engine: str, config: str, run: dict[str, list] | str) -> None:
+            results.setdefault(engine, {})[config] = run
+            partial.write_text(json.dumps({"cfg": cfg, "results": results}))  # a later crash loses nothing
+
+        # First what runs without the shared servers (raw engines, as a user, start-up): a user's
+        # machine has no idle Prefect servers beside the flow, and two of them cost a first round
+        # 0.1-0.3x of its speedup on 2 cores (measured alternating), far more than their CPU share.
+        for engine in engines:
+            for config in [c for c in configs if c not in SERVED]:
+                if config in USER:
+                    record(engine, config, run_as_user(engine, config, cfg, workdir, burn_fn))
+                    continue
+                env = clean_env(PREFECT_HOME=str(workdir / f"home-{engine}-{config}"))
+                record(engine, config, timed(engine, config, cfg, env))
+        startup = {} if args.no_startup else measure_startup(workdir, repeats=cfg["repeats"], env=clean_env())
         servers = {
             config: stack.enter_context(local_server(workdir / home, services))
-            for config, home, services in (("prefect", "stock", "full"), ("scalegroups", "lean", "lean"))
+            for config, (home, services) in SERVED.items()
             if config in configs
         }
-        for engine in args.engines.split(","):
-            results[engine] = {}
-            for config in configs:
-                if config in USER:
-                    results[engine][config] = run_as_user(engine, config, cfg, workdir, burn_fn)
-                    continue
-                home = workdir / f"home-{engine}-{config}"
-                env = clean_env(PREFECT_HOME=str(home), **servers.get(config, {}))
-                t0 = time.perf_counter()
-                results[engine][config] = run_one(engine, config, cfg, env)
-                print(f"{engine:8} {config:17} {time.perf_counter() - t0:6.1f} s", flush=True)
-                partial.write_text(json.dumps({"cfg": cfg, "results": results}))  # a later crash loses nothing
+        for engine in engines:
+            for config in [c for c in configs if c in servers]:
+                env = clean_env(PREFECT_HOME=str(workdir / f"home-{engine}-{config}"), **servers[config])
+                record(engine, config, timed(engine, config, cfg, env))
         progress: dict = {}
         if not args.no_progress and "scalegroups" in servers:
             order = ("off", "on") if args.quick else ("off", "on", "on", "off")
-            progress = measure_progress(args.engines.split(","), cfg, workdir, servers["scalegroups"], order)
+            progress = measure_progress(engines, cfg, workdir, servers["scalegroups"], order)
             partial.write_text(json.dumps({"cfg": cfg, "results": results, "progress": progress}))
-        startup = {} if args.no_startup else measure_startup(workdir, repeats=cfg["repeats"], env=clean_env())
     remote: dict = {}
     if not args.no_remote:
         from benchmarks.remote import measure_remote
 
-        engines = [e for e in ("thread", "dask") if e in args.engines.split(",")]
         try:
-            remote = measure_remote(engines, cfg, clean_env())
+            remote = measure_remote([e for e in ("thread", "dask") if e in engines], cfg, clean_env())
         except Exception as exc:  # reported in the section, the rest of the run stands
             remote = {"skipped": f"the measurement failed: {exc!r}"[:300]}
     elapsed = time.perf_counter() - started
@@ -194,6 +203,24 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def timed(engine: str, config: str, cfg: dict, env: dict[str, str]) -> dict[str, list] | str:
+    """`run_one`, printing how long it took."""
+    t0 = time.perf_counter()
+    run = run_one(engine, config, cfg, env)
+    print(f"{engine:8} {config:17} {time.perf_counter() - t0:6.1f} s", flush=True)
+    return run
+
+
+def wait_for_quiet(limit_s: float = 30) -> None:
+    """Wait until the machine is idle (under 10% of its CPUs for 1 s), as a user's run starts on a
+    quiet machine: the previous configuration's processes (a Ray cluster's) may still be exiting."""
+    import psutil
+
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline and psutil.cpu_percent(interval=1.0) >= 10:
+        pass
+
+
 def run_as_user(engine: str, config: str, cfg: dict, workdir: Path, burn_fn) -> dict[str, list] | str:
     """`user_repeats` runs as a user (a fresh process and home each), each first round paired with
     the same 8 tasks run serially just before and just after it: its speedup is against their mean.
@@ -202,10 +229,9 @@ def run_as_user(engine: str, config: str, cfg: dict, workdir: Path, burn_fn) -> 
     failed: list[str] = []
     for turn in range(cfg["user_repeats"]):
         env = clean_env(PREFECT_HOME=str(workdir / f"home-{engine}-{config}-{turn}"))
+        wait_for_quiet()
         before = _serial_cpu(cfg, burn_fn)
-        t0 = time.perf_counter()
-        run = run_one(engine, config, cfg, env)
-        print(f"{engine:8} {config:17} {time.perf_counter() - t0:6.1f} s", flush=True)
+        run = timed(engine, config, cfg, env)
         serial = (before + _serial_cpu(cfg, burn_fn)) / 2
         if isinstance(run, str):
             failed.append(run)
