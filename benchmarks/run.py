@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # First what runs without the shared servers (raw engines, as a user, start-up): a user's
         # machine has no idle Prefect servers beside the flow, and two of them cost a first round
-        # 0.1-0.3x of its speedup on 2 cores (measured alternating), far more than their CPU share.
+        # up to 0.3x of its speedup on 2 cores (measured alternating), far more than their CPU share.
         for engine in engines:
             for config in [c for c in configs if c not in SERVED]:
                 if config in USER:
